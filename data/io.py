@@ -1,0 +1,101 @@
+"""Reading and writing volumes. NIfTI through nibabel; other formats (.mha, .mhd, .nrrd) through SimpleITK.
+
+Writes are atomic (temp file + rename) so a killed run never leaves a truncated file behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import nibabel as nib
+import numpy as np
+
+from data.types import DataError, Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
+
+
+def has_suffix(path: Path | str, suffixes: tuple[str, ...]) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def read_volume(path: Path | str, dtype=None) -> Volume:
+    """Read a volume keeping its affine; any read failure becomes one DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        if has_suffix(path, NIFTI_SUFFIXES):
+            img = nib.load(str(path))
+            array = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=np.float64)
+        elif has_suffix(path, SITK_SUFFIXES):
+            array, affine = _read_sitk(path)
+        else:
+            raise DataError(path, f"unsupported file type; expected one of {NIFTI_SUFFIXES + SITK_SUFFIXES}")
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel/zlib/SimpleITK raise many types for truncated or corrupt files
+        raise DataError(path, f"unreadable or truncated image file ({type(exc).__name__}: {exc})") from exc
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return Volume(array=np.asarray(array), affine=affine, path=path)
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK reads in LPS with (z, y, x) arrays; convert to nibabel's RAS affine and (x, y, z) order."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(img)
+    array = np.transpose(array, tuple(reversed(range(array.ndim))))
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(img.GetDimension(), img.GetDimension())
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    dim = min(3, img.GetDimension())
+    affine = np.eye(4)
+    affine[:dim, :dim] = direction[:dim, :dim] * spacing[:dim]
+    affine[:dim, 3] = origin[:dim]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+    return array, affine
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray, *, is_label: bool = False) -> Path:
+    """Write a NIfTI atomically; labels as uint8 so they open as segmentations in ITK-SNAP/3D Slicer."""
+    array = np.asarray(array)
+    array = array.astype(np.uint8) if is_label else array.astype(np.float32)
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    if is_label:
+        img.header.set_intent("label")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

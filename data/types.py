@@ -1,0 +1,79 @@
+"""The objects the data stage hands to the other stages.
+
+Everything downstream (synthesis, segmentation, pipeline) depends only on these types, never on a
+dataset's folder layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Internal label convention of the whole project.
+LABELS: dict[int, str] = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
+STRUCTURES: tuple[str, ...] = ("RV", "MYO", "LV")
+NUM_CLASSES = len(LABELS)
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and what was expected."""
+
+    def __init__(self, path: Path | str | None, message: str):
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One phase (e.g. ED or ES) of one patient, as found on disk; nothing is read yet."""
+
+    patient_id: str
+    phase: str
+    image_path: Path
+    mask_path: Path | None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.patient_id}_{self.phase}"
+
+
+@dataclass
+class Volume:
+    """A 3D array in its file's voxel order with the affine that places it in scanner space (mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for 2D work: slice axis first, resampled in-plane, cropped/padded, normalised.
+
+    `geometry` (a `data.preprocess.Geometry`) holds what is needed to map a prediction made on these
+    slices back onto the original voxel grid exactly; evaluation happens there, never here.
+    """
+
+    ref: CaseRef
+    image: np.ndarray  # (S, H, W) float32, robustly normalised to [0, 1]
+    mask: np.ndarray | None  # (S, H, W) uint8 in the internal label convention
+    geometry: Any
+
+    @property
+    def case_id(self) -> str:
+        return self.ref.case_id
+
+    @property
+    def patient_id(self) -> str:
+        return self.ref.patient_id

@@ -1,0 +1,1 @@
+"""Pipeline: wires the data, synthesis and segmentation stages; config, caching and the CLI. No model code."""

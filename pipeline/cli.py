@@ -1,0 +1,37 @@
+"""cmr-synth: does synthetic data improve cardiac MR segmentation, and by how much?
+
+One console entry point; each stage package contributes its own sub-commands, and heavy imports
+happen inside the commands so that `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import data.cli
+import pipeline.run_cli
+import segmentation.cli
+import synthesis.cli
+from data.types import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmr-synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (pipeline.run_cli, data.cli, synthesis.cli, segmentation.cli):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DataError as exc:  # bad input: one clear line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
