@@ -33,7 +33,8 @@ def read_volume(path: Path | str, dtype=None) -> Volume:
         if has_suffix(path, NIFTI_SUFFIXES):
             img = nib.load(str(path))
             array = np.asanyarray(img.dataobj)
-            affine = np.asarray(img.affine, dtype=np.float64)
+            affine = _affine_with_header_spacing(np.asarray(img.affine, dtype=np.float64),
+                                                 img.header.get_zooms()[:3])
         elif has_suffix(path, SITK_SUFFIXES):
             array, affine = _read_sitk(path)
         else:
@@ -45,6 +46,21 @@ def read_volume(path: Path | str, dtype=None) -> Volume:
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return Volume(array=np.asarray(array), affine=affine, path=path)
+
+
+def _affine_with_header_spacing(affine: np.ndarray, zooms) -> np.ndarray:
+    """Voxel sizes from the NIfTI header's pixdim, as ITK/SimpleITK and MONAI do.
+
+    Some datasets (all of ACDC) store an sform with unit-length columns and the true voxel size only in
+    pixdim, so nibabel's affine says 1 mm. Directions are kept, column lengths set to pixdim.
+    """
+    zooms = np.asarray(zooms, dtype=np.float64)
+    norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if zooms.size < 3 or np.any(zooms <= 0) or np.any(norms == 0) or np.allclose(norms, zooms, rtol=1e-4):
+        return affine
+    fixed = affine.copy()
+    fixed[:3, :3] = affine[:3, :3] / norms * zooms
+    return fixed
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 import data.cli
-import pipeline.run_cli
+
 import segmentation.cli
 import synthesis.cli
 from data.types import DataError
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmr-synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (pipeline.run_cli, data.cli, synthesis.cli, segmentation.cli):
+    for module in (data.cli, synthesis.cli, segmentation.cli):
         module.register(subparsers)
     return parser
 

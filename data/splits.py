@@ -1,0 +1,141 @@
+"""Patient-level train/val/test splits and nested training fractions.
+
+Ids are patient ids, so the phases (ED, ES) of a patient always land in the same split. All randomness comes
+from the seed, and results do not depend on the order the ids are given in.
+
+Stratification (e.g. by ACDC group) uses a systematic interleaving: patients are shuffled within their
+group, then ordered by (rank within group + random offset) / group size. Every prefix and every
+contiguous window of that order holds each group in proportion (+-1), so taking test, then val, then
+train as consecutive windows spreads the groups over all three; the same holds for nested fractions.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from data.config import SplitConfig
+from data.io import write_text
+from data.types import DataError
+
+SPLIT_FILENAME = "splits.json"
+
+
+@dataclass
+class Split:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    seed: int
+    fractions: dict[str, list[str]] = field(default_factory=dict)  # "0.1" -> training patients (nested)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Split:
+        try:
+            return cls(train=sorted(d["train"]), val=sorted(d["val"]), test=sorted(d["test"]), seed=int(d["seed"]),
+                       fractions={str(k): sorted(v) for k, v in d.get("fractions", {}).items()})
+        except KeyError as exc:
+            raise ValueError(f"split: missing key {exc.args[0]!r}") from exc
+
+
+def fraction_key(fraction: float) -> str:
+    """The key of a fraction in `Split.fractions`: 0.1 -> "0.1", 1 -> "1.0"."""
+    return str(float(fraction))
+
+
+def stratified_order(ids: Iterable[str], rng: np.random.Generator,
+                     strata: dict[str, str] | None = None) -> list[str]:
+    """A random order of `ids` in which every contiguous window mixes the strata in proportion."""
+    ids = sorted(set(ids))
+    if not strata or any(i not in strata for i in ids):
+        return [ids[k] for k in rng.permutation(len(ids))]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for i in ids:
+        groups[str(strata[i])].append(i)
+    keyed = []
+    for name in sorted(groups):
+        members = [groups[name][k] for k in rng.permutation(len(groups[name]))]
+        offset = rng.random()
+        keyed += [((rank + offset) / len(members), rng.random(), pid) for rank, pid in enumerate(members)]
+    return [pid for *_, pid in sorted(keyed)]
+
+
+def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids: Iterable[str] | None = None,
+               strata: dict[str, str] | None = None, fractions: Sequence[float] = ()) -> Split:
+    """Split patients into train/val/test with `cfg.seed`.
+
+    `test_patient_ids` (a separate test root): test = those and `cfg.n_test` is ignored. `strata`: patient id
+    -> group used to stratify; ignored unless every patient has one. `fractions`: also draw nested training
+    subsets (see `nested_fractions`).
+    """
+    pool = sorted(set(patient_ids))
+    rng = np.random.default_rng([int(cfg.seed), 0])
+    if test_patient_ids is not None:
+        test = sorted(set(test_patient_ids))
+        shared = sorted(set(test) & set(pool))
+        if shared:
+            raise ValueError(f"split: test patients also in the training root: {shared[:5]}"
+                             f"{' ...' if len(shared) > 5 else ''}")
+        n_test = 0
+    else:
+        test, n_test = [], int(cfg.n_test)
+    n_val = int(cfg.n_val)
+    if n_test < 0 or n_val < 0:
+        raise ValueError(f"split: n_test={cfg.n_test} and n_val={cfg.n_val} must not be negative")
+    if len(pool) < n_test + n_val + 1:
+        raise ValueError(f"split: n_test={n_test} + n_val={n_val} + at least 1 training patient needs "
+                         f"{n_test + n_val + 1} patients, but only {len(pool)} were found")
+    order = stratified_order(pool, rng, strata)
+    if n_test:
+        test = sorted(order[:n_test])
+    val = sorted(order[n_test:n_test + n_val])
+    train = sorted(order[n_test + n_val:])
+    split = Split(train=train, val=val, test=test, seed=int(cfg.seed))
+    if fractions:
+        split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata)
+    return split
+
+
+def nested_fractions(train_ids: Iterable[str], fractions: list[float], seed: int, *,
+                     strata: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Training subsets by fraction, nested by construction (10 % inside 25 % inside ...).
+
+    One fixed (stratified when `strata` covers every id) order of the training patients; fraction f takes
+    its first max(1, round(f * n)) patients.
+    """
+    ids = sorted(set(train_ids))
+    if not ids:
+        raise ValueError("nested_fractions: no training patients")
+    for f in fractions:
+        if not 0.0 < float(f) <= 1.0:
+            raise ValueError(f"nested_fractions: fraction {f} must be in (0, 1]")
+    order = stratified_order(ids, np.random.default_rng([int(seed), 1]), strata)
+    return {fraction_key(f): sorted(order[:max(1, int(round(float(f) * len(ids))))])
+            for f in sorted(fractions, key=float)}
+
+
+def _split_path(path: Path | str) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".json" else path / SPLIT_FILENAME
+
+
+def write_split(path: Path | str, split: Split) -> Path:
+    """Write atomically as JSON; a folder path gets `splits.json` inside it."""
+    return write_text(_split_path(path), json.dumps(split.to_dict(), indent=2) + "\n")
+
+
+def read_split(path: Path | str) -> Split:
+    path = _split_path(path)
+    if not path.is_file():
+        raise DataError(path, "split file not found")
+    try:
+        return Split.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise DataError(path, f"not a valid split file ({exc})") from exc

@@ -1,0 +1,103 @@
+"""Patient-level splits: disjoint, seeded, stratified, with nested training fractions."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from data.config import SplitConfig
+from data.splits import Split, make_split, nested_fractions, read_split, write_split
+from data.types import DataError
+
+GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
+IDS = [f"patient{i:03d}" for i in range(1, 101)]
+STRATA = {pid: GROUPS[i // 20] for i, pid in enumerate(IDS)}  # ACDC-like: 5 groups of 20, in blocks
+
+
+def test_split_is_disjoint_complete_and_sized():
+    split = make_split(IDS, SplitConfig(seed=0, n_test=20, n_val=10))
+    train, val, test = set(split.train), set(split.val), set(split.test)
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(IDS)
+    assert (len(test), len(val), len(train)) == (20, 10, 70)
+    assert split.train == sorted(split.train) and split.val == sorted(split.val) and split.test == sorted(split.test)
+
+
+def test_split_is_seeded_and_order_independent():
+    cfg = SplitConfig(seed=3, n_test=20, n_val=10)
+    a = make_split(IDS, cfg, strata=STRATA)
+    b = make_split(list(reversed(IDS)) + IDS[:5], cfg, strata=STRATA)  # other order, duplicates
+    assert a == b
+    other = make_split(IDS, SplitConfig(seed=4, n_test=20, n_val=10), strata=STRATA)
+    assert other.test != a.test and other.val != a.val
+
+
+def test_stratification_spreads_groups():
+    split = make_split(IDS, SplitConfig(seed=1, n_test=20, n_val=10), strata=STRATA)
+    for part, per_group in ((split.test, 4), (split.val, 2), (split.train, 14)):
+        counts = Counter(STRATA[p] for p in part)
+        assert set(counts) == set(GROUPS)
+        assert all(abs(n - per_group) <= 1 for n in counts.values()), counts
+
+
+def test_incomplete_strata_fall_back_to_a_plain_shuffle():
+    partial = {pid: g for pid, g in STRATA.items() if pid != IDS[0]}
+    split = make_split(IDS, SplitConfig(seed=1), strata=partial)
+    assert split == make_split(IDS, SplitConfig(seed=1))
+
+
+def test_separate_test_root():
+    test_ids = [f"test{i:03d}" for i in range(50)]
+    split = make_split(IDS[:15], SplitConfig(seed=0, n_test=20, n_val=5), test_patient_ids=test_ids)
+    assert split.test == sorted(test_ids)
+    assert (len(split.val), len(split.train)) == (5, 10)  # n_test ignored
+    with pytest.raises(ValueError, match="patient001"):
+        make_split(IDS, SplitConfig(), test_patient_ids=IDS[:3])
+
+
+def test_too_few_patients_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"n_test=20 \+ n_val=10.*only 25"):
+        make_split(IDS[:25], SplitConfig(n_test=20, n_val=10))
+    with pytest.raises(ValueError, match=r"n_val=3.*only 3"):
+        make_split(IDS[:3], SplitConfig(n_val=3), test_patient_ids=["t1"])
+
+
+def test_nested_fractions_sizes_and_nesting():
+    train = IDS[:70]
+    fractions = nested_fractions(train, [0.5, 0.1, 0.25, 1.0, 0.01], seed=0)
+    assert list(fractions) == ["0.01", "0.1", "0.25", "0.5", "1.0"]
+    assert [len(v) for v in fractions.values()] == [1, 7, 18, 35, 70]  # max(1, round(f * 70))
+    subsets = [set(v) for v in fractions.values()]
+    assert all(small <= big for small, big in zip(subsets, subsets[1:]))
+    assert fractions["1.0"] == sorted(train)
+    assert nested_fractions(train, [0.1], seed=0)["0.1"] == fractions["0.1"]
+    assert nested_fractions(train, [0.25], seed=1)["0.25"] != fractions["0.25"]
+    with pytest.raises(ValueError, match="fraction 0"):
+        nested_fractions(train, [0.0], seed=0)
+
+
+def test_nested_fractions_are_stratified():
+    train = IDS
+    fractions = nested_fractions(train, [0.1, 0.5], seed=2, strata=STRATA)
+    assert Counter(STRATA[p] for p in fractions["0.1"]) == Counter({g: 2 for g in GROUPS})
+    assert all(abs(n - 10) <= 1 for n in Counter(STRATA[p] for p in fractions["0.5"]).values())
+
+
+def test_split_carries_fractions_and_round_trips(tmp_path):
+    split = make_split(IDS, SplitConfig(seed=5), strata=STRATA, fractions=[0.1, 0.25])
+    assert set(split.fractions) == {"0.1", "0.25"}
+    assert set(split.fractions["0.25"]) <= set(split.train)
+    path = write_split(tmp_path, split)
+    assert path.name == "splits.json" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert read_split(path) == split == read_split(tmp_path)
+    assert Split.from_dict(split.to_dict()) == split
+    write_split(tmp_path / "other.json", split)
+    assert read_split(tmp_path / "other.json") == split
+
+
+def test_read_split_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_split(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"train": []}')
+    with pytest.raises(DataError, match="'val'"):
+        read_split(tmp_path / "bad.json")
