@@ -9,17 +9,18 @@ import argparse
 import sys
 
 import data.cli
-
+import pipeline.run_cli
 import segmentation.cli
 import synthesis.cli
 from data.types import DataError
+from pipeline.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmr-synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data.cli, synthesis.cli, segmentation.cli):
+    for module in (pipeline.run_cli, data.cli, synthesis.cli, segmentation.cli):
         module.register(subparsers)
     return parser
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DataError as exc:  # bad input: one clear line, no traceback
+    except (DataError, ConfigError) as exc:  # bad input: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,47 @@
-"""`cmr-synth run`: the whole experiment from one YAML."""
+"""`cmr-synth run`: the whole experiment from one YAML, cached and resumable."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pipeline.run import STAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Added with the pipeline stages."""
+    p = subparsers.add_parser("run", help="run (or resume) the experiment described by a YAML config")
+    p.add_argument("config", nargs="?", type=Path, default=Path("pipeline.yaml"),
+                   help="pipeline YAML (default: ./pipeline.yaml)")
+    p.add_argument("--profile", default=None, help="profile of the YAML to apply (e.g. quick, full)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set segmentation.steps=500 (repeatable)")
+    p.add_argument("--stages", default=None,
+                   help=f"comma-separated stages to run up to, from {','.join(STAGES)}")
+    p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
+                   help="re-run this stage even if it is up to date (repeatable)")
+    p.add_argument("--run-dir", type=Path, default=None, help="where outputs go (overrides run_dir)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.logs import setup_logging
+    from pipeline.run import run_pipeline
+
+    overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg = load_config(args.config, profile=args.profile, overrides=overrides)
+    stages = None
+    if args.stages:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    log = setup_logging(Path(cfg.run_dir))
+    log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
+    run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+    report = Path(cfg.run_dir) / "report" / "report.html"
+    if report.is_file():
+        from pipeline.report import headline_table
+
+        print(headline_table(run))
+        print(f"\nreport: {report.resolve()}")
+    return 0

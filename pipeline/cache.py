@@ -1,0 +1,118 @@
+"""Stage and unit caching: what makes a run resumable and a re-run cheap.
+
+A stage (prepare, train_generator, ...) is made of units (one generator per fraction, one segmenter per
+fraction x arm x seed, ...). Each unit has a key: the hash of everything that determines its output (its
+config, the keys of what it reads). A unit's folder holds `.started` (its key, written first) and `done.json`
+(its key and result, written last and atomically). So:
+- a unit whose done.json carries the current key is skipped;
+- a unit started with the current key but not done (a killed run) is resumed in place: its trainer picks up
+  its own checkpoints there;
+- a unit started or done with another key is stale: its folder is emptied before it runs again.
+Half-written outputs are never mistaken for finished ones because only done.json says "finished".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from data.io import write_text
+
+MANIFEST = "manifest.json"
+DONE = "done.json"
+STARTED = ".started"
+
+
+def stable_hash(*parts: Any) -> str:
+    """Hash of JSON-able parts, independent of dict order; 16 hex digits are plenty here."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def versions() -> dict[str, str]:
+    import monai
+    import numpy
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+            "numpy": numpy.__version__}
+
+
+def unit_done(unit_dir: Path, key: str) -> dict[str, Any] | None:
+    done = unit_dir / DONE
+    if not done.is_file():
+        return None
+    try:
+        record = read_json(done)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("key") == key else None
+
+
+def run_unit(unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work(unit_dir)` unless already done with this key; resume if started with it; reset if stale."""
+    unit_dir = Path(unit_dir)
+    record = unit_done(unit_dir, key)
+    if record is not None:
+        return record["result"]
+    started = unit_dir / STARTED
+    if unit_dir.exists():
+        previous = started.read_text().strip() if started.is_file() else None
+        if previous != key:
+            shutil.rmtree(unit_dir)
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    if not started.is_file():
+        write_text(started, key)
+    t0 = time.perf_counter()
+    result = work(unit_dir)
+    write_json(unit_dir / DONE, {"key": key, "result": result, "wall_s": round(time.perf_counter() - t0, 2)})
+    return result
+
+
+@dataclass
+class StageRecord:
+    """What a stage's manifest.json says: enough to tell whether it is current and how it was made."""
+
+    stage: str
+    key: str
+    config: Any
+    inputs: dict[str, str]
+    units: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def stage_current(stage_dir: Path, key: str) -> StageRecord | None:
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        raw = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return StageRecord(**raw) if raw.get("key") == key else None
+
+
+def write_stage_manifest(stage_dir: Path, record: StageRecord) -> Path:
+    record.versions = versions()
+    return write_json(Path(stage_dir) / MANIFEST, record.__dict__)
+
+
+def invalidate_stage(stage_dir: Path) -> None:
+    """--force: forget that the stage and its units were finished (their checkpoints are discarded too)."""
+    if Path(stage_dir).exists():
+        shutil.rmtree(stage_dir)

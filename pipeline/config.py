@@ -1,0 +1,298 @@
+"""The typed configuration of a run, loaded from one YAML and validated in one place, before any work.
+
+Each stage package owns the dataclass of its section (data.config, synthesis.config, segmentation.config);
+this module composes them, applies the selected profile and `--set key=value` overrides, and checks every
+key, type and value, naming the key and what is allowed. Field constraints come from the dataclass
+fields' metadata: `min`, `max`, `choices`, `len`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from data.config import DataConfig
+from pipeline.errors import ConfigError
+from segmentation.config import SegmentationConfig
+from synthesis.config import SynthesisConfig
+
+ARMS = ("real", "real+synthetic", "synthetic")
+
+
+@dataclass
+class ExperimentConfig:
+    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0], metadata={
+        "min_exclusive": 0.0, "max": 1.0, "help": "real-data fractions of the training patients (nested subsets)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "min_len": 1, "help": "segmenter seeds; every arm x fraction is trained once per seed"})
+    arms: list[str] = field(default_factory=lambda: ["real", "real+synthetic"], metadata={
+        "choices": list(ARMS), "min_len": 1, "help": "training arms; real+synthetic/synthetic run once per generator"})
+    generators: list[str] = field(default_factory=lambda: ["spade", "gmm"], metadata={
+        "help": "generators compared (names of the synthesis registry)"})
+    bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = field(default="runs/quick", metadata={"help": "where every stage writes its outputs"})
+    profile: str = field(default="quick", metadata={"help": "profile of the YAML applied over the base settings"})
+    data: DataConfig = field(default_factory=DataConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_config(path: Path | str | None = None, *, profile: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """YAML (base keys + `profiles:`) -> profile merged over the base -> `--set` overrides -> validated config."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: 'profiles' must map profile names to settings")
+    chosen = profile or raw.get("profile")
+    if chosen is not None:
+        if chosen not in profiles:
+            raise ConfigError(f"{source}: unknown profile {chosen!r}; profiles in this file: {sorted(profiles)}")
+        raw = deep_merge(raw, profiles[chosen] or {})
+        raw["profile"] = chosen
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    cfg = from_mapping(PipelineConfig, raw, prefix="", source=source)
+    check_consistency(cfg, source)
+    return cfg
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. segmentation.steps=500")
+    key, value = item.split("=", 1)
+    node: dict[str, Any] = {}
+    out = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# -------------------------------------------------------------------------------------------- validation
+def from_mapping(cls: type, raw: Any, *, prefix: str, source: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, wrong types and out-of-range values."""
+    where = prefix.rstrip(".") or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: "
+                          f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        kwargs[name] = _coerce(value, hints[name], key, source)
+        _check_constraints(kwargs[name], fields[name].metadata, key, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, prefix=f"{key}.", source=source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(key, value, f"a list of {_name(args[0])}", source)
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, f"a mapping {_name(args[0])} -> {_name(args[1])}", source)
+        return {_coerce(k, args[0], f"{key} (key {k!r})", source): _coerce(v, args[1], f"{key}.{k}", source)
+                for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _type_error(key, value, "true or false", source)
+        return value
+    if hint is int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)  # YAML mapping keys and --set values may arrive as text
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, value, "an integer", source)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(key, value, "a number", source)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _type_error(key, value, "a string", source)
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported type {hint!r} in the config schema")  # a bug of ours
+
+
+def _check_constraints(value: Any, meta: typing.Mapping[str, Any], key: str, source: str) -> None:
+    if value is None or not meta:
+        return
+    if isinstance(value, list):
+        if "len" in meta and len(value) != meta["len"]:
+            raise ConfigError(f"{source}: {key} must have exactly {meta['len']} values, got {value!r}")
+        if "min_len" in meta and len(value) < meta["min_len"]:
+            raise ConfigError(f"{source}: {key} needs at least {meta['min_len']} value(s), got {value!r}")
+        if len(set(map(repr, value))) != len(value) and meta.get("unique", True) and "len" not in meta:
+            raise ConfigError(f"{source}: {key} lists a value twice: {value!r}")
+        for i, item in enumerate(value):
+            _check_scalar(item, meta, f"{key}[{i}]", source)
+    elif isinstance(value, dict):
+        return
+    else:
+        _check_scalar(value, meta, key, source)
+
+
+def _check_scalar(value: Any, meta: typing.Mapping[str, Any], key: str, source: str) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{source}: {key} = {value!r} is not allowed; choose one of {list(meta['choices'])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{source}: {key} = {value!r} is too small; allowed: >= {meta['min']}")
+        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+            raise ConfigError(f"{source}: {key} = {value!r} is too small; allowed: > {meta['min_exclusive']}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{source}: {key} = {value!r} is too large; allowed: <= {meta['max']}")
+
+
+def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError:
+    return ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}) has the wrong type; expected {expected}")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_consistency(cfg: PipelineConfig, source: str) -> None:
+    """Rules that involve several keys (each field's own range is checked while loading)."""
+    crop = cfg.data.preprocess.crop_size
+    seg = cfg.segmentation
+    if len(seg.strides) != len(seg.channels) - 1:
+        raise ConfigError(f"{source}: segmentation.strides needs one value fewer than segmentation.channels "
+                          f"({len(seg.channels)} channels -> {len(seg.channels) - 1} strides), got {seg.strides}")
+    factor = int(np.prod(seg.strides))
+    if crop % factor:
+        raise ConfigError(f"{source}: data.preprocess.crop_size = {crop} must be divisible by the U-Net's "
+                          f"downsampling factor {factor} (product of segmentation.strides); e.g. "
+                          f"{crop - crop % factor or factor} or {crop - crop % factor + factor}")
+    needs_generators = any(arm != "real" for arm in cfg.experiment.arms)
+    if needs_generators and not cfg.experiment.generators:
+        raise ConfigError(f"{source}: experiment.arms {cfg.experiment.arms} need at least one entry in "
+                          f"experiment.generators")
+    from synthesis.base import REGISTRY
+    import synthesis.generators  # noqa: F401  (fills the registry)
+
+    for i, name in enumerate(cfg.experiment.generators):
+        if name not in REGISTRY:
+            raise ConfigError(f"{source}: experiment.generators[{i}] = {name!r} is not a generator; "
+                              f"choose from {sorted(REGISTRY)}")
+    for name in cfg.experiment.generators:
+        factor = cfg.synthesis.size_divisor(name)
+        if crop % factor:
+            raise ConfigError(f"{source}: data.preprocess.crop_size = {crop} must be divisible by {factor} for "
+                              f"generator {name!r} (2**len(synthesis.{name}.channels))")
+    from synthesis.masks import check_source_mix
+
+    try:
+        check_source_mix(cfg.synthesis.masks.source_mix)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: synthesis.masks.{exc}") from exc
+    if cfg.data.test_root is not None and not cfg.data.root:
+        raise ConfigError(f"{source}: data.test_root is set but data.root is empty; the phantom has no test root")
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain data (for hashing, manifests, the report)."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(key, help, default) for every key: used to check that pipeline.yaml documents each one."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, f"{prefix}{f.name}."))
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), default))
+    return rows
+
+
+def documented_yaml(cls: type = PipelineConfig, indent: int = 0) -> str:
+    """The defaults as YAML with every key's help as a comment (how pipeline.yaml's base part was written)."""
+    lines = []
+    pad = "  " * indent
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        allowed = f.metadata.get("choices")
+        comment = help_text + (f" (one of: {', '.join(map(str, allowed))})" if allowed else "")
+        if dataclasses.is_dataclass(hint):
+            doc = (hint.__doc__ or "").strip().splitlines()[0] if hint.__doc__ else ""
+            if doc and not doc.startswith(hint.__name__ + "("):
+                lines.append(f"{pad}# {doc}")
+            lines.append(f"{pad}{f.name}:")
+            lines.append(documented_yaml(hint, indent + 1))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = yaml.safe_dump(default, default_flow_style=True, width=1000).strip()
+        if value.endswith("\n..."):
+            value = value[: -len("\n...")]
+        value = value.removesuffix("...").strip()
+        lines.append(f"{pad}{f.name}: {value}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)

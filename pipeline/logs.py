@@ -1,0 +1,48 @@
+"""Console + run.log logging for a run; tqdm bars write through the same console without tearing."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "cmr_synth"
+
+
+class _TqdmHandler(logging.StreamHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never break a run
+            self.handleError(record)
+
+
+def setup_logging(run_dir: Path, level: int = logging.INFO) -> logging.Logger:
+    """Log to the console and append to RUN_DIR/run.log (a resumed run continues the same file)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(run_dir / "run.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = _TqdmHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(file_handler)
+    logger.addHandler(console)
+    logger.propagate = False
+    # data warnings (empty slices, crops cutting the heart) belong in run.log too
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    for handler in list(warnings_logger.handlers):
+        warnings_logger.removeHandler(handler)
+    warnings_logger.addHandler(file_handler)
+    warnings_logger.addHandler(console)
+    warnings_logger.propagate = False
+    return logger
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)

@@ -1,0 +1,310 @@
+"""report.html (self-contained, images embedded) and report.md (images beside it) from a finished run.
+
+Every number shown comes from the evaluate stage's CSVs (summary.csv, statistics.csv, seeds.csv), so the
+report can be checked against them; figures are drawn here with matplotlib from the same frames.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from data.io import write_text  # noqa: E402
+from data.types import STRUCTURES  # noqa: E402
+from pipeline.cache import read_json  # noqa: E402
+from pipeline.config import to_dict  # noqa: E402
+from segmentation.statistics import bootstrap_ci, condition_label, headline  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.run import Run
+
+MASK_COLOURS = {1: (0.2, 0.6, 1.0), 2: (0.2, 0.9, 0.3), 3: (1.0, 0.3, 0.3)}  # RV blue, MYO green, LV red
+
+
+class _Doc:
+    """Builds the HTML and Markdown versions side by side so they cannot drift apart."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append(f"{'#' * level} {text}\n")
+
+    def para(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md.append(f"{text}\n")
+
+    def table(self, frame: pd.DataFrame, floatfmt: str = "{:.3f}") -> None:
+        shown = frame.copy()
+        for col in shown.columns:
+            if pd.api.types.is_float_dtype(shown[col]):
+                shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
+        self.html.append(shown.to_html(index=False, escape=True, border=0, classes="t"))
+        header = "| " + " | ".join(map(str, shown.columns)) + " |"
+        rule = "|" + "---|" * len(shown.columns)
+        rows = ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
+        self.md.append("\n".join([header, rule, *rows]) + "\n")
+
+    def figure(self, fig: plt.Figure, name: str, caption: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        png = buf.getvalue()
+        with open(self.out_dir / "figures" / f"{name}.png", "wb") as fh:
+            fh.write(png)
+        data = base64.b64encode(png).decode()
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
+
+    def code(self, text: str) -> None:
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+        self.md.append(f"```\n{text}\n```\n")
+
+
+STYLE = """<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table.t{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}table.t td,table.t th{padding:3px 8px;
+border-bottom:1px solid #ddd;text-align:right}table.t th{background:#f3f3f3}figure{margin:1em 0}
+img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}
+.headline{font-size:1.1em;background:#eef6ff;padding:.6em 1em;border-left:4px solid #3b82f6}</style>"""
+
+
+def write_report(run: "Run") -> dict[str, Path]:
+    out_dir = run.stage_dir("report")
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    ev = run.stage_dir("evaluate")
+    per_case = _read(ev / "per_case.csv")
+    summary = _read(ev / "summary.csv")
+    comparison = _read(ev / "statistics.csv")
+    seeds = _read(ev / "seeds.csv")
+    doc = _Doc(out_dir)
+
+    doc.heading("cmr-synth report: does synthetic data improve cardiac MR segmentation?", 1)
+    sentences = headline(comparison) if len(comparison) else ["Only the real arm was run: nothing to compare."]
+    doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
+    doc.md.extend(f"> {s}\n" for s in sentences)
+
+    doc.heading("Data")
+    split = run.split
+    doc.table(pd.DataFrame([{"split": k, "patients": len(split[k])} for k in ("train", "val", "test")]
+                           + [{"split": f"train, fraction {f}", "patients": len(v)}
+                              for f, v in split["fractions"].items()]))
+    source = run.cfg.data.root or f"embedded phantom ({run.cfg.data.phantom_patients} patients, seed "\
+                                   f"{run.cfg.data.phantom_seed})"
+    doc.para(f"Source: {source}. Test set: {run.cfg.data.test_root or 'held-out patients of the same root'}.")
+    train_cases = run.patient_cases(split["train"])[:4]
+    doc.figure(_overlay_grid([c.image for c in train_cases], [c.mask for c in train_cases],
+                             [c.case_id for c in train_cases]), "data_examples",
+               "Real training slices (mid-ventricular) with their masks: RV blue, MYO green, LV red.")
+
+    for name in run.cfg.experiment.generators if any(a != "real" for a in run.cfg.experiment.arms) else []:
+        doc.heading(f"Generator: {name}")
+        fig = _generator_grid(run, name)
+        if fig is not None:
+            doc.figure(fig, f"generator_{name}", f"{name}: held-out real slices (top) and synthetic images "
+                       f"generated from the same masks with two style seeds (rows below).")
+        fig = _synthetic_examples(run, name)
+        if fig is not None:
+            doc.figure(fig, f"synthetic_{name}", f"{name}: synthetic volumes as written to disk (mid slices), "
+                       f"with their mask sources.")
+
+    doc.heading("Results")
+    doc.para("Summary over test patients (3D, original voxel grid), per fraction, arm and structure; "
+             "identical to evaluate/summary.csv.")
+    doc.table(summary)
+    if len(seeds):
+        doc.para("Mean Dice over test patients, mean ± sd over seeds (evaluate/seeds.csv).")
+        doc.table(seeds)
+    if len(comparison):
+        doc.para("Paired comparison with the real arm (evaluate/statistics.csv): difference in mean Dice, "
+                 "bootstrap 95 % CI over test patients, Wilcoxon signed-rank p over patients; per-seed "
+                 "differences and a t-test over seeds.")
+        doc.table(comparison)
+    doc.figure(_dice_vs_fraction(per_case, run.cfg.experiment.bootstrap_samples), "dice_vs_fraction",
+               "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
+    doc.figure(_boxplots(per_case), "boxplots", "Dice per structure and condition (one point per test "
+               "patient, averaged over phases and seeds).")
+
+    doc.heading("How it was run")
+    doc.table(_timings(run))
+    doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in _environment().items()]))
+    doc.code(yaml.safe_dump(to_dict(run.cfg), sort_keys=False))
+
+    body = "\n".join(doc.html)
+    html_path = write_text(out_dir / "report.html", f"<!doctype html><html><head><meta charset='utf-8'>"
+                                                    f"<title>cmr-synth report</title>{STYLE}</head><body>{body}"
+                                                    f"</body></html>\n")
+    md_path = write_text(out_dir / "report.md", "\n".join(doc.md))
+    return {"html": html_path, "md": md_path}
+
+
+def headline_table(run: "Run") -> str:
+    """What `make run` prints at the end: mean Dice ± sd over seeds per condition, then the headlines."""
+    ev = run.stage_dir("evaluate")
+    seeds = _read(ev / "seeds.csv")
+    comparison = _read(ev / "statistics.csv")
+    lines = ["fraction  condition                      mean Dice (sd over seeds)"]
+    for row in seeds.itertuples():
+        label = condition_label(row.arm, row.generator)
+        lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})")
+    return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    if "generator" in frame:
+        frame["generator"] = frame["generator"].fillna("").astype(str)
+    return frame
+
+
+def _mid(volume: np.ndarray, mask: np.ndarray | None = None) -> int:
+    if mask is not None and mask.any():
+        slices = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+        return int(slices[len(slices) // 2])
+    return len(volume) // 2
+
+
+def _overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray | None) -> None:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    if mask is not None:
+        rgba = np.zeros(mask.shape + (4,))
+        for label, colour in MASK_COLOURS.items():
+            rgba[mask == label] = (*colour, 0.35)
+        ax.imshow(rgba)
+    ax.axis("off")
+
+
+def _overlay_grid(images: list[np.ndarray], masks: list[np.ndarray], titles: list[str]) -> plt.Figure:
+    fig, axes = plt.subplots(2, len(images), figsize=(2.4 * len(images), 5), squeeze=False)
+    for i, (image, mask, title) in enumerate(zip(images, masks, titles)):
+        z = _mid(image, mask)
+        _overlay(axes[0, i], image[z], None)
+        _overlay(axes[1, i], image[z], mask[z])
+        axes[0, i].set_title(title, fontsize=8)
+    return fig
+
+
+def _generator_grid(run: "Run", name: str) -> plt.Figure | None:
+    from synthesis.base import load_generator
+
+    fraction = min(run.cfg.experiment.fractions)
+    path = run.stage_dir("train_generator") / f"f{fraction:g}" / name / "generator.pt"
+    if not path.is_file():
+        return None
+    generator = load_generator(path)
+    cases = run.patient_cases(run.split["val"])[:5]
+    images = np.stack([c.image[_mid(c.image, c.mask)] for c in cases])
+    masks = np.stack([c.mask[_mid(c.image, c.mask)] for c in cases])
+    rows = [("real", images)] + [(f"seed {s}", generator.sample(masks, seed=s)) for s in (0, 1)]
+    fig, axes = plt.subplots(len(rows) + 1, len(cases), figsize=(2.2 * len(cases), 2.2 * (len(rows) + 1)),
+                             squeeze=False)
+    for j in range(len(cases)):
+        _overlay(axes[0, j], np.zeros_like(images[j]), masks[j])
+        for i, (label, row) in enumerate(rows, start=1):
+            _overlay(axes[i, j], row[j], None)
+            if j == 0:
+                axes[i, j].set_title(label, fontsize=8, loc="left")
+    axes[0, 0].set_title(f"masks (fraction {fraction:g})", fontsize=8, loc="left")
+    return fig
+
+
+def _synthetic_examples(run: "Run", name: str) -> plt.Figure | None:
+    from data.io import read_volume
+
+    fraction = min(run.cfg.experiment.fractions)
+    root = run.stage_dir("synthesize") / f"f{fraction:g}" / name / "cases"
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    rows = pd.read_csv(manifest).groupby("mask_source").head(3).head(6)
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.4 * len(rows), 2.6), squeeze=False)
+    for ax, row in zip(axes[0], rows.itertuples()):
+        case_dir = root / row.case
+        image_path = sorted(p for p in case_dir.glob("*.nii*") if "_gt" not in p.name)[0]
+        image = read_volume(image_path).array.astype(np.float32)
+        mask = read_volume(str(image_path).replace(".nii", "_gt.nii", 1)).array
+        z = _mid(np.moveaxis(image, -1, 0), np.moveaxis(mask, -1, 0))
+        img = image[..., z] / max(float(np.percentile(image, 99.5)), 1e-6)
+        _overlay(ax, np.clip(img, 0, 1), None)
+        ax.set_title(f"{row.case}\n{row.mask_source}", fontsize=7)
+    return fig
+
+
+def _conditions(per_case: pd.DataFrame) -> pd.Series:
+    return per_case.apply(lambda r: condition_label(r["arm"], r["generator"]), axis=1)
+
+
+def _dice_vs_fraction(per_case: pd.DataFrame, n_boot: int) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    frame = per_case.assign(condition=_conditions(per_case))
+    for condition, rows in frame.groupby("condition"):
+        xs, means, lows, highs = [], [], [], []
+        for fraction, at in rows.groupby("fraction"):
+            by_patient = at.groupby("patient")["dice_mean"].mean().to_numpy()
+            low, high = bootstrap_ci(by_patient - by_patient.mean(), n_boot=n_boot)
+            xs.append(fraction)
+            means.append(by_patient.mean())
+            lows.append(by_patient.mean() + (low if not np.isnan(low) else 0))
+            highs.append(by_patient.mean() + (high if not np.isnan(high) else 0))
+        ax.plot(xs, means, marker="o", label=condition)
+        ax.fill_between(xs, lows, highs, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of real training patients")
+    ax.set_ylabel("mean Dice (RV, MYO, LV; 3D)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _boxplots(per_case: pd.DataFrame) -> plt.Figure:
+    frame = per_case.assign(condition=_conditions(per_case))
+    labels = sorted(frame[["fraction", "condition"]].drop_duplicates().itertuples(index=False))
+    fig, axes = plt.subplots(1, len(STRUCTURES), figsize=(4.5 * len(STRUCTURES), 4), squeeze=False)
+    for ax, structure in zip(axes[0], STRUCTURES):
+        data = [frame[(frame.fraction == f) & (frame.condition == c)].groupby("patient")[f"dice_{structure}"]
+                .mean().to_numpy() for f, c in labels]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(labels) + 1), [f"{c}\n@{f:g}" for f, c in labels], rotation=60, fontsize=7)
+        ax.set_title(f"Dice {structure}")
+        ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _timings(run: "Run") -> pd.DataFrame:
+    rows = []
+    for stage in ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate"):
+        path = run.stage_dir(stage) / "manifest.json"
+        if path.is_file():
+            record = read_json(path)
+            rows.append({"stage": stage, "wall time (s)": float(record.get("wall_s", 0.0)),
+                         "key": record.get("key", "")})
+    return pd.DataFrame(rows)
+
+
+def _environment() -> dict[str, Any]:
+    import monai
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+           "cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    return env

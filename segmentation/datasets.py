@@ -1,0 +1,195 @@
+"""The training sample stream of one arm: which 2D slices each optimisation step sees, and how they are augmented.
+
+One function, `make_train_stream`, builds the stream for every arm, so the arms differ only in the data:
+
+- `real`: every sample from the real training slices;
+- `synthetic`: every sample from the synthetic slices;
+- `real+synthetic`: each batch holds `floor(r * B)` synthetic samples plus one more with probability
+  `r * B - floor(r * B)` (r = `synthetic_ratio`, B = batch size), the rest real. The expected synthetic
+  fraction is exactly r whatever the batch size, and the two sources never compete for "epochs": the
+  smaller set is simply revisited more often.
+
+Within a source, slices are drawn with replacement, uniformly except that slices with an empty mask get
+weight `1 - drop_empty_prob`. There are no epochs: batch `step` is a pure function of `(seed, step)`
+(`TrainStream.plan`), including the seed of the batch's augmentation. A training run killed at any step
+therefore resumes with exactly the batches it would have seen, whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandFlipd,
+                              RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd)
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data.types import DataError, PreparedCase
+from segmentation.config import SegmentationConfig
+from segmentation.runtime import torch_threads, without_meta
+
+ARMS = ("real", "real+synthetic", "synthetic")
+SOURCES = ("real", "synthetic")  # index = the `source` value of a sample
+REAL, SYNTHETIC = 0, 1
+
+SampleKey = tuple[int, int, int]  # (source, slice index in that source, augmentation seed of its batch)
+
+
+@dataclass
+class SlicePool:
+    """All 2D training slices of one source, stacked, with their sampling probabilities."""
+
+    images: np.ndarray  # (N, H, W) float32
+    masks: np.ndarray  # (N, H, W) uint8
+    probs: np.ndarray  # (N,) float64, sums to 1
+    case_ids: list[str]  # per slice, for inspection
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def slice_pool(cases: Sequence[PreparedCase], drop_empty_prob: float = 0.0, *, what: str = "cases") -> SlicePool:
+    """Stack the slices of `cases`; every case needs a mask and the same in-plane size."""
+    if not cases:
+        raise ValueError(f"{what}: no cases given")
+    shape = cases[0].image.shape[1:]
+    for case in cases:
+        if case.mask is None:
+            raise DataError(case.ref.image_path, f"{what}: case {case.case_id} has no mask; training needs one")
+        if case.image.ndim != 3 or case.image.shape[1:] != shape or case.mask.shape != case.image.shape:
+            raise DataError(case.ref.image_path, f"{what}: case {case.case_id} has image {case.image.shape} and "
+                                                 f"mask {case.mask.shape}; expected (S, {shape[0]}, {shape[1]}) "
+                                                 f"for both, like the first case")
+    images = np.concatenate([np.asarray(c.image, dtype=np.float32) for c in cases])
+    masks = np.concatenate([np.asarray(c.mask, dtype=np.uint8) for c in cases])
+    weights = np.where(masks.reshape(len(masks), -1).any(axis=1), 1.0, 1.0 - drop_empty_prob)
+    if weights.sum() <= 0:  # every slice empty and all dropped: fall back to uniform rather than fail
+        weights = np.ones(len(masks))
+    case_ids = [c.case_id for c in cases for _ in range(len(c.image))]
+    return SlicePool(images=images, masks=masks, probs=weights / weights.sum(), case_ids=case_ids)
+
+
+def build_train_transforms(cfg: SegmentationConfig, spatial_size: tuple[int, int]) -> Compose | None:
+    """MONAI dict transforms on {"image", "label"} (1, H, W) arrays; None when augmentation is off.
+
+    Labels move with the image through the same affine/flip (nearest neighbour); intensity transforms
+    touch the image only.
+    """
+    if not cfg.augment:
+        return None
+    keys = ("image", "label")
+    transforms = [
+        RandAffined(keys=keys, prob=cfg.affine_prob, rotate_range=(math.radians(cfg.rotate_deg),),
+                    scale_range=(cfg.scale, cfg.scale), translate_range=(cfg.translate_px, cfg.translate_px),
+                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=spatial_size,
+                    cache_grid=True),
+        # Both axes at once = a 180 degree rotation, which keeps the heart's handedness (a single-axis flip
+        # would mirror it and put the RV on the wrong side of the septum).
+        RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=(0, 1)),
+        RandAdjustContrastd(keys="image", prob=cfg.intensity_prob, gamma=tuple(cfg.gamma)),
+        RandScaleIntensityd(keys="image", prob=cfg.intensity_prob, factors=cfg.intensity_scale),
+        RandShiftIntensityd(keys="image", prob=cfg.intensity_prob, offsets=cfg.intensity_shift),
+        RandGaussianNoised(keys="image", prob=cfg.intensity_prob, mean=0.0, std=cfg.noise_std),
+        EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
+    ]
+    return Compose(transforms)
+
+
+class TrainStream(Dataset):
+    """Map-style dataset indexed by `SampleKey`s; `loader()` yields the batches of a range of steps."""
+
+    def __init__(self, arm: str, pools: dict[int, SlicePool], cfg: SegmentationConfig, seed: int):
+        self.arm, self.pools, self.cfg, self.seed = arm, pools, cfg, int(seed)
+        self.batch_size = int(cfg.batch_size)
+        self.spatial_size = tuple(next(iter(pools.values())).images.shape[1:])
+        self.transforms = build_train_transforms(cfg, self.spatial_size)
+
+    def n_synthetic(self, rng: np.random.Generator) -> int:
+        """Synthetic samples in one batch (see module docstring)."""
+        if self.arm == "real":
+            return 0
+        if self.arm == "synthetic":
+            return self.batch_size
+        expected = self.cfg.synthetic_ratio * self.batch_size
+        return min(self.batch_size, int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected)))
+
+    def plan(self, step: int) -> list[SampleKey]:
+        """The samples of batch `step` (0-based): a pure function of (seed, step).
+
+        All keys of a batch carry the same augmentation seed: the batch is fetched in one piece
+        (`__getitems__`), the transforms are seeded once and then applied to the samples in order.
+        """
+        rng = np.random.default_rng([self.seed, int(step)])
+        n_syn = self.n_synthetic(rng)
+        keys: list[tuple[int, int]] = []
+        for source, count in ((REAL, self.batch_size - n_syn), (SYNTHETIC, n_syn)):
+            if count:
+                pool = self.pools[source]
+                keys += [(source, int(i)) for i in rng.choice(len(pool), size=count, p=pool.probs)]
+        aug_seed = int(rng.integers(0, 2**31 - 1))
+        return [(source, index, aug_seed) for source, index in keys]
+
+    def __len__(self) -> int:  # samples per step x steps; only for DataLoader's bookkeeping
+        return self.batch_size * self.cfg.steps
+
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor | int]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[SampleKey]) -> list[dict[str, torch.Tensor | int]]:
+        """One batch (DataLoader calls this with a whole `plan(step)`)."""
+        if self.transforms is not None:
+            self.transforms.set_random_state(seed=keys[0][2])
+        samples = []
+        # Small per-slice ops: one thread (DataLoader workers have one anyway), plain tensors (no MONAI metadata).
+        with torch_threads(1), without_meta():
+            for source, index, _ in keys:
+                pool = self.pools[source]
+                sample = {"image": pool.images[index][None], "label": pool.masks[index][None]}
+                if self.transforms is not None:
+                    sample = self.transforms(sample)
+                    image, label = sample["image"].float(), sample["label"].round().to(torch.uint8)
+                else:
+                    image, label = torch.from_numpy(sample["image"]), torch.from_numpy(sample["label"])
+                samples.append({"image": image, "label": label, "source": source})
+        return samples
+
+    def loader(self, start_step: int, stop_step: int, *, pin_memory: bool = False) -> DataLoader:
+        """Batches of steps [start_step, stop_step); the own generator keeps torch's global RNG untouched."""
+        return DataLoader(self, batch_sampler=_StepBatches(self, start_step, stop_step),
+                          num_workers=self.cfg.num_workers, pin_memory=pin_memory,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+
+class _StepBatches(Sampler):
+    def __init__(self, stream: TrainStream, start: int, stop: int):
+        self.stream, self.start, self.stop = stream, int(start), int(stop)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.stream.plan(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def make_train_stream(arm: str, real_cases: Sequence[PreparedCase] | None,
+                      synthetic_cases: Sequence[PreparedCase] | None, cfg: SegmentationConfig,
+                      seed: int) -> TrainStream:
+    """The one place that turns an arm into training data; everything else is shared by all arms."""
+    if arm not in ARMS:
+        raise ValueError(f"arm {arm!r}: expected one of {list(ARMS)}")
+    pools: dict[int, SlicePool] = {}
+    if arm in ("real", "real+synthetic"):
+        if not real_cases:
+            raise ValueError(f"arm {arm!r} needs real training cases; got none")
+        pools[REAL] = slice_pool(real_cases, cfg.drop_empty_prob, what="real training cases")
+    if arm in ("synthetic", "real+synthetic"):
+        if not synthetic_cases:
+            raise ValueError(f"arm {arm!r} needs synthetic_cases; got none")
+        pools[SYNTHETIC] = slice_pool(synthetic_cases, cfg.drop_empty_prob, what="synthetic cases")
+    if len(pools) == 2 and pools[REAL].images.shape[1:] != pools[SYNTHETIC].images.shape[1:]:
+        raise ValueError(f"real slices are {pools[REAL].images.shape[1:]} but synthetic slices "
+                         f"{pools[SYNTHETIC].images.shape[1:]}; both must come from the same preprocessing")
+    return TrainStream(arm, pools, cfg, seed)

@@ -1,0 +1,106 @@
+"""Is an arm better than `real`, and how sure are we? Paired statistics over test patients and over seeds.
+
+Two sources of variance matter and both are reported:
+- patients: per test patient, the metric is averaged over phases and seeds; the paired difference to `real`
+  gets a percentile bootstrap 95 % CI (patients resampled) and a Wilcoxon signed-rank p-value;
+- seeds: per seed, the metric is averaged over patients; the paired (same seed) differences get their mean,
+  sd, the count of positive seeds and a paired t-test p-value (with 3 seeds a rank test cannot go below
+  p = 0.25, so a t-test is the usable test there).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONDITION = ["fraction", "arm", "generator"]
+
+
+def condition_label(arm: str, generator: str | None) -> str:
+    return arm if arm == "real" or not generator else f"{arm} ({generator})"
+
+
+def compare_to_real(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot: int = 2000,
+                    seed: int = 0) -> pd.DataFrame:
+    """One row per fraction x non-real arm: the paired difference `arm - real` in `metric`."""
+    frame = per_case.copy()
+    frame["generator"] = frame["generator"].fillna("")
+    rows = []
+    for fraction, at_fraction in frame.groupby("fraction"):
+        real = at_fraction[at_fraction["arm"] == "real"]
+        if real.empty:
+            continue
+        real_by_patient = real.groupby("patient")[metric].mean()
+        real_by_seed = real.groupby("seed")[metric].mean()
+        for (arm, generator), other in at_fraction[at_fraction["arm"] != "real"].groupby(["arm", "generator"]):
+            by_patient = other.groupby("patient")[metric].mean()
+            patients = real_by_patient.index.intersection(by_patient.index)
+            diff = (by_patient[patients] - real_by_patient[patients]).to_numpy()
+            by_seed = other.groupby("seed")[metric].mean()
+            seeds = real_by_seed.index.intersection(by_seed.index)
+            seed_diff = (by_seed[seeds] - real_by_seed[seeds]).to_numpy()
+            low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+            rows.append({
+                "fraction": fraction, "arm": arm, "generator": generator, "metric": metric,
+                "n_patients": len(patients), "n_seeds": len(seeds),
+                "real_mean": float(real_by_patient[patients].mean()) if len(patients) else np.nan,
+                "arm_mean": float(by_patient[patients].mean()) if len(patients) else np.nan,
+                "diff_mean": float(diff.mean()) if len(diff) else np.nan,
+                "ci_low": low, "ci_high": high,
+                "p_wilcoxon_patients": wilcoxon_p(diff),
+                "seed_diffs": ";".join(f"{d:+.4f}" for d in seed_diff),
+                "seed_diff_sd": float(seed_diff.std(ddof=1)) if len(seed_diff) > 1 else np.nan,
+                "seeds_positive": int((seed_diff > 0).sum()),
+                "p_ttest_seeds": ttest_p(seed_diff),
+            })
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    diff = np.asarray(diff, dtype=float)
+    if len(diff) < 2:
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def wilcoxon_p(diff: np.ndarray) -> float:
+    diff = np.asarray(diff, dtype=float)
+    if len(diff) < 2 or np.allclose(diff, 0):
+        return np.nan if len(diff) < 2 else 1.0
+    return float(stats.wilcoxon(diff).pvalue)
+
+
+def ttest_p(diff: np.ndarray) -> float:
+    diff = np.asarray(diff, dtype=float)
+    if len(diff) < 2 or np.allclose(diff, diff[0]):
+        return np.nan
+    return float(stats.ttest_1samp(diff, 0.0).pvalue)
+
+
+def seed_table(per_case: pd.DataFrame, metric: str = "dice_mean") -> pd.DataFrame:
+    """Mean over patients per condition and seed, then mean ± sd over seeds."""
+    frame = per_case.copy()
+    frame["generator"] = frame["generator"].fillna("")
+    per_seed = frame.groupby(CONDITION + ["seed"])[metric].mean().reset_index()
+    out = per_seed.groupby(CONDITION)[metric].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
+
+
+def headline(comparison: pd.DataFrame) -> list[str]:
+    """One sentence per fraction x arm, the form the report leads with."""
+    sentences = []
+    for row in comparison.itertuples():
+        name = row.generator or row.arm
+        sentences.append(
+            f"With {row.fraction:.0%} of the real training patients, {name} {row.arm} data changes mean Dice by "
+            f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], "
+            f"Wilcoxon p={_fmt_p(row.p_wilcoxon_patients)} over {row.n_patients} test patients; "
+            f"{row.seeds_positive}/{row.n_seeds} seeds positive, t-test over seeds p={_fmt_p(row.p_ttest_seeds)}.")
+    return sentences
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if p is None or np.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")

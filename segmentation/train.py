@@ -1,0 +1,236 @@
+"""Step-based training of a 2D MONAI U-Net, torchvision-reference style: plain functions, read top to bottom.
+
+`train_segmenter` is the same for every arm; only `make_train_stream` (segmentation.datasets) knows which data
+an arm sees. Every `val_every` steps (and at the last step) the model is evaluated on the held-out REAL
+validation patients (3D Dice on the prepared grid, slices stacked), `best.pt` keeps the best of these and
+`last.pt` the latest; both are written atomically.
+
+Reproducibility: the network is initialised from `seed` alone, each batch is a pure function of
+(seed, step) and the checkpoint holds the optimiser, scheduler and every global RNG state. A run killed at
+any point and started again with the same arguments resumes from `last.pt` and ends with exactly the weights
+of an uninterrupted run (on CPU with `deterministic`; `metrics.csv` is cut back to the resumed step).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric
+from tqdm import tqdm
+
+from data.config import PreprocessConfig
+from data.io import atomic_path
+from data.types import STRUCTURES, PreparedCase
+from segmentation.config import SegmentationConfig
+from segmentation.datasets import make_train_stream
+from segmentation.evaluate import one_hot, predict_probabilities
+from segmentation.model import (build_loss, build_model, build_optimizer, build_scheduler, read_checkpoint,
+                                save_checkpoint, set_rng_state)
+from segmentation.runtime import bf16_autocast_available, determinism, resolve_device
+
+METRICS_COLUMNS = ["step", "loss", "lr", "val_dice"]
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics_csv: Path
+    best_val_dice: float
+    best_step: int
+    steps: int  # optimisation steps completed (== cfg.steps unless stopped early by `max_steps`)
+    resumed_from: int  # step of the `last.pt` this call started from (0 = fresh)
+    wall_time_s: float  # this call, set-up and validation included
+    train_time_s: float  # this call, optimisation steps only
+    samples_per_s: float  # training samples per second of train_time_s
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def train_steps(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Iterator[dict], n_steps: int,
+                device: torch.device, *, autocast: bool = False) -> Iterator[tuple[float, float]]:
+    """Run `n_steps` optimisation steps; yields (loss, learning rate used) after each one."""
+    model.train()
+    for _ in range(n_steps):
+        batch = next(batches)
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        yield float(loss.detach()), lr
+
+
+def evaluate(model: torch.nn.Module, cases: Sequence[PreparedCase], batch_size: int = 16, *,
+             autocast: bool = False) -> dict[str, float]:
+    """3D Dice per structure on the prepared grid (slices predicted one by one, then stacked), mean over cases.
+
+    Good enough to pick a checkpoint; the reported test metrics are computed on the original grid
+    (`segmentation.evaluate`). Same empty-structure convention as there: both empty -> 1, one empty -> 0.
+    """
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+    for case in cases:
+        probs = predict_probabilities(model, case.image, batch_size, autocast=autocast)
+        metric(y_pred=one_hot(probs.argmax(axis=0)), y=one_hot(case.mask))
+    per_structure = metric.aggregate().cpu().numpy()
+    scores = {name: float(v) for name, v in zip(STRUCTURES, per_structure)}
+    scores["mean"] = float(np.mean(per_structure))
+    return scores
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cases: Sequence[PreparedCase],
+                    cfg: SegmentationConfig, out_dir: Path | str, *,
+                    synthetic_cases: Sequence[PreparedCase] | None = None, seed: int = 0,
+                    preprocess: PreprocessConfig | None = None, max_steps: int | None = None,
+                    progress: bool = True) -> TrainResult:
+    """Train one segmenter for `cfg.steps` steps; resumes from `<out_dir>/last.pt` when it is there.
+
+    `preprocess` is stored in the checkpoints so that `cmr-synth segment` can prepare new images the same
+    way. `max_steps` stops after that many steps in total as if the process were killed there (no extra
+    checkpoint): for tests of resumption and for time-boxed runs.
+    """
+    wall_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best_path, last_path, csv_path = out_dir / "best.pt", out_dir / "last.pt", out_dir / "metrics.csv"
+    if not val_cases:
+        raise ValueError("train_segmenter: val_cases is empty; validation needs real patients with masks")
+    if any(c.mask is None for c in val_cases):
+        raise ValueError("train_segmenter: every validation case needs a mask")
+    device = resolve_device(cfg.device)
+    autocast = bool(cfg.amp_bf16) and bf16_autocast_available(device)
+
+    with determinism(seed, cfg.deterministic):
+        stream = make_train_stream(arm, real_cases, synthetic_cases, cfg, seed)
+        model = build_model(cfg).to(device)  # same seed -> same initial weights in every arm
+        optimizer, loss_fn = build_optimizer(model, cfg), build_loss()
+        scheduler = build_scheduler(optimizer, cfg)
+        step, best_dice, best_step = 0, -math.inf, 0
+        if last_path.is_file():
+            step, best_dice, best_step = _resume(last_path, model, optimizer, scheduler, cfg, arm, seed)
+        resumed_from = step
+        log = _MetricsLog(csv_path, resume_step=step)
+
+        def checkpoint(path: Path) -> None:
+            save_checkpoint(path, model=model, cfg=cfg, step=step, optimizer=optimizer, scheduler=scheduler,
+                            best_dice=best_dice, best_step=best_step, arm=arm, seed=seed, preprocess=preprocess)
+
+        stop = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
+        batches = iter(stream.loader(step, cfg.steps, pin_memory=device.type == "cuda"))
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {arm} s{seed}", disable=not progress,
+                   mininterval=1.0, dynamic_ncols=True)
+        train_time, val_dice = 0.0, float("nan")
+        try:
+            while step < stop:
+                n = min(cfg.val_every - step % cfg.val_every, stop - step)
+                t0 = time.perf_counter()
+                for loss, lr in train_steps(model, loss_fn, optimizer, scheduler, batches, n, device,
+                                            autocast=autocast):
+                    step += 1
+                    log.add(step, loss=loss, lr=lr)
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.4f}", val_dice=f"{val_dice:.4f}", refresh=False)
+                train_time += time.perf_counter() - t0
+                if step % cfg.val_every and step != cfg.steps:
+                    break  # stopped by max_steps between two checkpoints: like a kill, nothing more is saved
+                val_dice = evaluate(model, val_cases, cfg.batch_size, autocast=autocast)["mean"]
+                log.add(step, val_dice=val_dice)
+                log.flush()
+                if val_dice > best_dice:
+                    best_dice, best_step = val_dice, step
+                    checkpoint(best_path)
+                checkpoint(last_path)  # after best.pt: a kill in between re-validates this step on resume
+                bar.set_postfix(loss=f"{loss:.4f}", val_dice=f"{val_dice:.4f}")
+        finally:
+            bar.close()
+            log.close()
+            del batches  # shuts DataLoader workers down
+
+    done = step - resumed_from
+    return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, metrics_csv=csv_path,
+                       best_val_dice=float(best_dice) if best_dice > -math.inf else float("nan"),
+                       best_step=best_step, steps=step, resumed_from=resumed_from,
+                       wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
+                       samples_per_s=done * cfg.batch_size / train_time if train_time > 0 else float("nan"))
+
+
+def _resume(path: Path, model, optimizer, scheduler, cfg: SegmentationConfig, arm: str,
+            seed: int) -> tuple[int, float, int]:
+    ckpt = read_checkpoint(path)
+    if ckpt["config"] != dataclasses.asdict(cfg) or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
+        raise ValueError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
+                         f"or a different segmentation config); use a fresh output folder or delete it")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), float(ckpt["best_dice"]), int(ckpt["best_step"])
+
+
+class _MetricsLog:
+    """metrics.csv, one row per step, appended and flushed as training goes so that it survives a kill.
+
+    A row is held until its step is complete (the validation Dice of a step arrives after its loss); on
+    resume, rows after the checkpoint's step are dropped so the file matches an uninterrupted run. The same
+    scalars go to TensorBoard (`<out_dir>/tensorboard`) when the tensorboard package is installed.
+    """
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path, self.pending = path, None
+        kept = []
+        if resume_step > 0 and path.is_file():
+            with open(path, newline="") as fh:
+                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= resume_step]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, METRICS_COLUMNS)
+                writer.writeheader()
+                writer.writerows(kept)
+        self.fh = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # optional
+            pass
+
+    def add(self, step: int, **values: float) -> None:
+        if self.pending is not None and self.pending["step"] != step:
+            self.flush()
+        if self.pending is None:
+            self.pending = {"step": step}
+        self.pending.update({k: f"{v:.6g}" for k, v in values.items()})
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.writer.writerow(self.pending)
+            if self.tensorboard is not None:
+                for key, value in self.pending.items():
+                    if key != "step":
+                        self.tensorboard.add_scalar(key, float(value), self.pending["step"])
+            self.pending = None
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.fh.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

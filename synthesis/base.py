@@ -1,0 +1,183 @@
+"""The one interface every mask->image generator implements, and the registry that picks one by name.
+
+Adding a generator = one subclass + `@register("name")` (in `synthesis/generators/`). Images are float32 in
+[0, 1] (the data stage's normalisation); masks are uint8 in the internal convention (0 bg, 1 RV, 2 MYO, 3 LV).
+Both are (N, H, W). A saved generator is one torch file `{"format", "generator", "config", "state"}` that
+`load_generator` reads without knowing the class beforehand.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from data.io import atomic_path
+from data.types import LABELS, NUM_CLASSES, DataError
+from synthesis.config import GeneratorConfig, config_from_dict
+
+REGISTRY: dict[str, type["Generator"]] = {}
+FILE_FORMAT = 1
+
+
+def register(name: str):
+    def deco(cls: type[Generator]) -> type[Generator]:
+        if name in REGISTRY:
+            raise ValueError(f"generator {name!r} registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+class Generator(ABC):
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[GeneratorConfig]] = GeneratorConfig
+
+    def __init__(self, config: GeneratorConfig | None = None):
+        if config is not None and not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__}: expected a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config if config is not None else self.config_class()
+
+    @abstractmethod
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+        """Learn p(image | mask) from paired training slices; resumes from `out_dir` if a checkpoint is there.
+
+        Returns a small dict of training figures (steps, wall time, final losses) for the manifest.
+        """
+
+    @abstractmethod
+    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+        """Images for `masks` (N, H, W). One style/noise code, drawn from `seed`, is shared by all N slices so
+        that a stack of slices from one 3D mask looks like one scan; the same seed gives the same images."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """What `save` writes besides the config (plain data and tensors)."""
+
+    @abstractmethod
+    def restore(self, state: dict[str, Any]) -> None:
+        """Inverse of `state` on a freshly built generator."""
+
+    def save(self, path: Path | str) -> Path:
+        """Write everything needed to sample later (weights + config), atomically."""
+        payload = {"format": FILE_FORMAT, "generator": self.name,
+                   "config": dataclasses.asdict(self.config), "state": self.state()}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Generator":
+        payload = read_generator_file(path)
+        if payload["generator"] != cls.name:
+            raise DataError(path, f"holds a {payload['generator']!r} generator, not {cls.name!r}")
+        generator = cls(config_from_dict(cls.config_class, payload["config"]))
+        generator.restore(payload["state"])
+        return generator
+
+
+def read_generator_file(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "generator file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, ...
+        raise DataError(path, f"unreadable generator file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT or "generator" not in payload:
+        raise DataError(path, f"not a cmr-synth generator file (format {FILE_FORMAT})")
+    return payload
+
+
+def _fill_registry() -> None:
+    import synthesis.generators  # noqa: F401  (registers every generator)
+
+
+def build_generator(name: str, config: Any = None) -> Generator:
+    """A fresh generator. `config` may be its section, a `SynthesisConfig` (the section is picked), a dict of
+    the section's keys, or None for the defaults."""
+    _fill_registry()
+    if name not in REGISTRY:
+        raise ValueError(f"unknown generator {name!r}; available: {sorted(REGISTRY)}")
+    cls = REGISTRY[name]
+    if hasattr(config, "generator_config"):
+        config = config.generator_config(name)
+    elif isinstance(config, dict):
+        config = config_from_dict(cls.config_class, config)
+    return cls(config)
+
+
+def load_generator(path: Path | str) -> Generator:
+    """Load a saved generator of any kind: the file names its class."""
+    _fill_registry()
+    name = read_generator_file(path)["generator"]
+    if name not in REGISTRY:
+        raise DataError(path, f"generator {name!r} is not available here; available: {sorted(REGISTRY)}")
+    return REGISTRY[name].load(path)
+
+
+# ------------------------------------------------------------------------------------------ input checks
+def check_masks(masks: np.ndarray, shape: tuple[int, int] | None = None, divisor: int = 1) -> np.ndarray:
+    """(N, H, W) labels 0..3 -> uint8; a clear ValueError otherwise."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks: expected (N, H, W), got shape {masks.shape}")
+    if masks.size and (not np.issubdtype(masks.dtype, np.integer) or masks.min() < 0 or masks.max() >= NUM_CLASSES):
+        raise ValueError(f"masks: expected integer labels {sorted(LABELS)}, got dtype {masks.dtype} with values "
+                         f"{np.unique(masks)[:10].tolist()}")
+    if shape is not None and tuple(masks.shape[1:]) != tuple(shape):
+        raise ValueError(f"masks: this generator was trained on {shape[0]}x{shape[1]} slices, got "
+                         f"{masks.shape[1]}x{masks.shape[2]}")
+    if masks.shape[1] % divisor or masks.shape[2] % divisor:
+        raise ValueError(f"masks: sides {masks.shape[1]}x{masks.shape[2]} must be divisible by {divisor}")
+    return masks.astype(np.uint8, copy=False)
+
+
+def check_pair(masks: np.ndarray, images: np.ndarray, divisor: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Training pairs: same (N, H, W) shape, at least one slice, finite images in [0, 1]."""
+    masks = check_masks(masks, divisor=divisor)
+    images = np.asarray(images, dtype=np.float32)
+    if images.shape != masks.shape:
+        raise ValueError(f"images: expected the masks' shape {masks.shape}, got {images.shape}")
+    if len(masks) == 0:
+        raise ValueError("masks: no training slices")
+    if not np.isfinite(images).all():
+        raise ValueError("images: contain NaN or Inf")
+    if images.min() < -1e-3 or images.max() > 1 + 1e-3:
+        raise ValueError(f"images: expected intensities in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+    return masks, np.clip(images, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+LABEL_COLOURS = np.array([[0, 0, 0], [0.20, 0.45, 0.95], [0.95, 0.75, 0.15], [0.90, 0.20, 0.20]], np.float32)
+
+
+def save_sample_grid(path: Path | str, masks: np.ndarray, rows: dict[str, np.ndarray], title: str = "") -> Path:
+    """PNG: one column per mask; first row the masks in colour, then one grey row per entry of `rows`
+    (e.g. {"real": ..., "seed 0": ...}), all on the same [0, 1] scale so rows compare honestly."""
+    from matplotlib.figure import Figure
+
+    n_rows, n_cols = 1 + len(rows), len(masks)
+    fig = Figure(figsize=(1.6 * n_cols, 1.6 * n_rows + (0.3 if title else 0)), dpi=100)
+    axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
+    for col in range(n_cols):
+        axes[0, col].imshow(LABEL_COLOURS[masks[col]], interpolation="nearest")
+        for row, images in enumerate(rows.values(), start=1):
+            axes[row, col].imshow(images[col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    for row, label in enumerate(["mask", *rows]):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.93 if title else 0.99, wspace=0.03, hspace=0.03)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

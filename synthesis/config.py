@@ -1,0 +1,229 @@
+"""Typed settings of the synthesis stage. Validation of values happens in `pipeline.config`, in one place.
+
+One section per generator. The learned generators share the training-loop settings of `TrainConfig`
+(steps, batch size, EMA, sample grids, checkpoints, divergence guard), so `synthesis.spade.steps` and
+`synthesis.cvae.steps` read the same way. Defaults are sized for a CPU and 128 x 128 slices (1.5 mm).
+Training length is counted in optimisation steps, never epochs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthesis.masks import MaskConfig
+
+DIFFAUGMENT_OPS = ("color", "translation", "cutout")
+
+
+@dataclass
+class GeneratorConfig:
+    """Base of every generator's section (the registry's `config_class`)."""
+
+
+@dataclass
+class GMMConfig(GeneratorConfig):
+    """Label-wise intensity model (SynthSeg / TorchIO RandomLabelsToImage style); all sizes in pixels."""
+
+    bg_components: int = field(default=3, metadata={"min": 1, "max": 8,
+                               "help": "Gaussian components of the background intensity mixture"})
+    style_scale: float = field(default=1.0, metadata={"min": 0.0, "max": 5.0,
+                               "help": "spread of the per-volume label means around the fitted ones "
+                                       "(1 = the spread between real slices, 0 = always the fitted means)"})
+    texture_sigma: float = field(default=1.0, metadata={"min": 0.0, "max": 20.0,
+                                 "help": "correlation length (Gaussian sigma, pixels) of the texture"})
+    texture_scale: float = field(default=1.0, metadata={"min": 0.0, "max": 5.0,
+                                 "help": "texture amplitude relative to the fitted fine-scale spread per label"})
+    bg_blob_sigma: float = field(default=8.0, metadata={"min": 0.5, "max": 50.0,
+                                 "help": "size (Gaussian sigma, pixels) of the random background regions, each "
+                                         "of one intensity drawn from one mixture component"})
+    partial_volume_sigma: float = field(default=0.8, metadata={"min": 0.0, "max": 10.0,
+                                        "help": "Gaussian blur (pixels) for partial-volume edges"})
+    bias_field_degree: int = field(default=3, metadata={"min": 1, "max": 6,
+                                   "help": "polynomial degree of the multiplicative bias field (MONAI RandBiasField)"})
+    bias_field_coeff: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0,
+                                    "help": "bias-field coefficients drawn from [-c, c]; one field per volume"})
+    noise_std: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5,
+                             "help": "largest Rician noise level (drawn per volume from [0, noise_std]; "
+                                     "intensity units of the [0, 1] images)"})
+
+
+@dataclass
+class TrainConfig(GeneratorConfig):
+    """The shared training loop (`synthesis.train.fit_loop`)."""
+
+    steps: int = field(default=5000, metadata={"min": 1, "help": "optimisation steps"})
+    batch_size: int = field(default=16, metadata={"min": 1, "max": 4096, "help": "slices per step"})
+    ema_decay: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0,
+                             "help": "decay of the exponential moving average of the generator weights used for "
+                                     "sampling (warmed up as min(decay, (1 + n) / (10 + n)))"})
+    sample_every: int = field(default=250, metadata={"min": 1,
+                              "help": "steps between sample grids (out_dir/samples/step_XXXXXX.png)"})
+    checkpoint_every: int = field(default=500, metadata={"min": 1,
+                                  "help": "steps between checkpoints (the last step is always saved)"})
+    grid_masks: int = field(default=6, metadata={"min": 1, "max": 32, "help": "columns (fixed masks) of a grid"})
+    grid_styles: int = field(default=3, metadata={"min": 1, "max": 8, "help": "sample rows (style seeds) of a grid"})
+    collapse_patience: int = field(default=500, metadata={"min": 0,
+                                   "help": "stop when the discriminator wins completely for this many consecutive "
+                                           "steps (0 = never)"})
+    collapse_d_eps: float = field(default=0.01, metadata={"min": 0.0,
+                                  "help": "discriminator loss below this counts as 'D wins completely'"})
+    collapse_g_adv: float = field(default=1.0, metadata={"min": 0.0,
+                                  "help": "... together with a generator adversarial loss above this"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast of the forward passes"})
+    device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda"],
+                        "help": "auto = cuda when available, else cpu"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
+
+
+@dataclass
+class AdversarialConfig(TrainConfig):
+    """Discriminator and GAN losses shared by `spade` and `pix2pix`."""
+
+    lr_g: float = field(default=1e-4, metadata={"min": 0.0, "max": 1.0, "help": "generator learning rate (Adam)"})
+    lr_d: float = field(default=4e-4, metadata={"min": 0.0, "max": 1.0,
+                        "help": "discriminator learning rate (two time-scale update rule)"})
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={
+        "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas of both optimisers"})
+    adversarial_loss: str = field(default="hinge", metadata={
+        "choices": ["hinge", "least_squares"],
+        "help": "hinge: max(0, 1 -/+ D) on raw logits (SPADE); least_squares: MONAI PatchAdversarialLoss"})
+    d_channels: int = field(default=32, metadata={"min": 1, "max": 1024,
+                            "help": "filters of the discriminator's first layer (doubled per layer)"})
+    d_layers: int = field(default=3, metadata={"min": 1, "max": 6,
+                          "help": "strided layers of the PatchGAN discriminator"})
+    d_scales: int = field(default=1, metadata={"min": 1, "max": 4,
+                          "help": "discriminators (MultiScalePatchDiscriminator when > 1; needs >= 256 px)"})
+    d_norm: str = field(default="instance", metadata={"choices": ["instance", "batch", "none"],
+                        "help": "normalisation in the discriminator"})
+    spectral_norm: bool = field(default=True, metadata={"help": "spectral normalisation of every D convolution"})
+    lambda_fm: float = field(default=10.0, metadata={"min": 0.0,
+                             "help": "weight of discriminator feature matching (L1 between D features)"})
+    r1_gamma: float = field(default=0.0, metadata={"min": 0.0,
+                            "help": "R1 gradient penalty on real images (0 = off)"})
+    r1_every: int = field(default=16, metadata={"min": 1, "help": "lazy R1: applied every this many steps"})
+    diffaugment: str = field(default="translation,cutout", metadata={
+        "help": f"comma-separated DiffAugment ops from {list(DIFFAUGMENT_OPS)} applied to real and fake before "
+                f"D ('' = none)"})
+
+
+@dataclass
+class SpadeConfig(AdversarialConfig):
+    """MONAI SPADE decoder (+ style encoder when is_vae) with a PatchGAN discriminator."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128], metadata={
+        "min": 1, "min_len": 1, "unique": False,
+        "help": "encoder channels, finest to coarsest (the decoder mirrors them); sides must be divisible "
+                "by 2**len(channels)"})
+    spade_hidden: int = field(default=32, metadata={"min": 1, "max": 1024,
+                              "help": "hidden channels of each SPADE normalisation block"})
+    head_channels: int = field(default=16, metadata={"min": 1, "max": 256,
+                               "help": "feature channels at full resolution before the 1-channel output conv"})
+    upsampling: str = field(default="bilinear", metadata={
+        "choices": ["nearest", "bilinear"],
+        "help": "decoder upsampling; nearest (SPADE's) leaves blocks of the coarse latent visible in the background"})
+    z_dim: int = field(default=32, metadata={"min": 1, "max": 1024, "help": "style code size"})
+    is_vae: bool = field(default=True, metadata={
+        "help": "encode the real image's style (VAE-GAN, KL + L1); false = plain GAN fed with noise z"})
+    lambda_kl: float = field(default=0.05, metadata={"min": 0.0, "help": "weight of the KL term (is_vae)"})
+    lambda_l1: float = field(default=1.0, metadata={"min": 0.0,
+                             "help": "weight of L1 between the image and its reconstruction from its own style "
+                                     "code (is_vae only)"})
+
+
+@dataclass
+class Pix2PixConfig(AdversarialConfig):
+    """MONAI U-Net generator with dropout (kept on, per seed, at sampling time) and a PatchGAN discriminator."""
+
+    lr_g: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "generator learning rate (Adam)"})
+    lr_d: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "discriminator learning rate"})
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={
+        "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas of both optimisers"})
+    lambda_fm: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of discriminator feature matching"})
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256], metadata={
+        "min": 1, "min_len": 2, "unique": False,
+        "help": "U-Net channels per level; sides must be divisible by 2**(len(channels) - 1)"})
+    num_res_units: int = field(default=1, metadata={"min": 0, "max": 4, "help": "residual units per U-Net block"})
+    dropout: float = field(default=0.2, metadata={"min": 0.0, "max": 0.9,
+                           "help": "dropout of every U-Net block; also applied at sampling time, with one mask "
+                                   "per seed shared by all slices, so that seeds give different images"})
+    lambda_l1: float = field(default=100.0, metadata={"min": 0.0, "help": "weight of L1 to the real image"})
+
+
+@dataclass
+class CVAEConfig(TrainConfig):
+    """Conditional VAE: q(z | image, mask) by a conv encoder, p(image | z, mask) by a SPADE decoder."""
+
+    lr: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "learning rate (Adam)"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={
+        "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas"})
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128], metadata={
+        "min": 1, "min_len": 1, "unique": False,
+        "help": "encoder channels, finest to coarsest (the decoder mirrors them); sides must be divisible "
+                "by 2**len(channels)"})
+    spade_hidden: int = field(default=32, metadata={"min": 1, "max": 1024,
+                              "help": "hidden channels of each SPADE normalisation block of the decoder"})
+    head_channels: int = field(default=16, metadata={"min": 1, "max": 256,
+                               "help": "feature channels at full resolution before the 1-channel output conv"})
+    upsampling: str = field(default="bilinear", metadata={
+        "choices": ["nearest", "bilinear"],
+        "help": "decoder upsampling; nearest (SPADE's) leaves blocks of the coarse latent visible in the background"})
+    z_dim: int = field(default=16, metadata={"min": 1, "max": 1024, "help": "latent size"})
+    lambda_kl: float = field(default=0.01, metadata={"min": 0.0,
+                             "help": "beta: weight of KL (summed over z, mean over the batch) against the "
+                                     "per-pixel mean reconstruction loss"})
+    kl_warmup_steps: int = field(default=500, metadata={"min": 0,
+                                 "help": "steps over which the KL weight ramps linearly from 0 (0 = none)"})
+    reconstruction: str = field(default="l1", metadata={"choices": ["l1", "l2"], "help": "reconstruction loss"})
+
+
+GENERATOR_SECTIONS: dict[str, type[GeneratorConfig]] = {
+    "gmm": GMMConfig, "spade": SpadeConfig, "pix2pix": Pix2PixConfig, "cvae": CVAEConfig}
+
+
+@dataclass
+class SynthesisConfig:
+    """The synthesis stage: generator sections plus what the synthetic data set is drawn from."""
+
+    seed: int = field(default=0, metadata={"help": "seed of generator training, mask draws and styles"})
+    n_volumes: int = field(default=20, metadata={"min": 0, "help": "synthetic volumes per generator"})
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    spade: SpadeConfig = field(default_factory=SpadeConfig)
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
+    cvae: CVAEConfig = field(default_factory=CVAEConfig)
+
+    def generator_config(self, name: str) -> GeneratorConfig:
+        if name not in GENERATOR_SECTIONS:
+            raise ValueError(f"synthesis: no config section for generator {name!r}; "
+                             f"sections: {sorted(GENERATOR_SECTIONS)}")
+        return getattr(self, name)
+
+    def size_divisor(self, name: str) -> int:
+        """What image sides must be divisible by for generator `name`."""
+        return size_divisor(self.generator_config(name))
+
+
+def size_divisor(cfg: GeneratorConfig) -> int:
+    if isinstance(cfg, Pix2PixConfig):
+        return 2 ** (len(cfg.channels) - 1)
+    if isinstance(cfg, (SpadeConfig, CVAEConfig)):
+        return 2 ** len(cfg.channels)
+    return 1
+
+
+def config_from_dict(cls: type, values: dict[str, Any]):
+    """Rebuild a section saved with `dataclasses.asdict`; unknown keys are an error naming the key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key {unknown[0]!r}; allowed: {sorted(names)}")
+    return cls(**values)
+
+
+def parse_diffaugment(policy: str) -> tuple[str, ...]:
+    ops = tuple(op.strip() for op in policy.split(",") if op.strip())
+    bad = [op for op in ops if op not in DIFFAUGMENT_OPS]
+    if bad:
+        raise ValueError(f"diffaugment: unknown op {bad[0]!r}; choose from {list(DIFFAUGMENT_OPS)}")
+    return ops

@@ -1,0 +1,6 @@
+"""The generators; importing this package fills `synthesis.base.REGISTRY`."""
+from synthesis.generators import cvae, gmm, pix2pix, spade  # noqa: F401
+
+from synthesis.base import REGISTRY
+
+__all__ = ["REGISTRY"]

@@ -1,0 +1,159 @@
+"""`gmm`: the non-learned baseline. Labels -> intensities, in the spirit of SynthSeg (Billot et al., 2023) and
+TorchIO's RandomLabelsToImage, but with the intensity statistics measured on the real training slices.
+
+fit: per label the mean and the fine-scale texture (spread of the image minus its local mean, inside the
+label); the joint spread of the labels' means between slices (a 4-D Gaussian: bright blood pool and dark
+myocardium move together); for the background a 1-D Gaussian mixture (lung, muscle/liver, fat...).
+sample, per volume (= per seed), all slices sharing one draw:
+
+1. label means from the fitted 4-D Gaussian (`style_scale` widens or narrows it);
+2. background: random smooth regions ("organs"), each connected region one constant intensity drawn from one
+   mixture component (area fractions = mixture weights); structures: their mean; everywhere low-pass texture
+   of the label's fitted fine-scale spread;
+3. MONAI transforms: Gaussian blur (partial volume), one polynomial bias field for the whole volume, Rician
+   noise; clipped to [0, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from monai.transforms import Compose, GaussianSmooth, RandBiasField, RandRicianNoise
+from monai.utils import convert_to_numpy
+from scipy import ndimage
+
+from data.types import NUM_CLASSES
+from synthesis.base import Generator, check_masks, check_pair, register, save_sample_grid
+from synthesis.config import GMMConfig
+
+MIN_PIXELS = 20  # a structure smaller than this in a slice says little about its intensity
+TEXTURE_SCALE_PX = 2.0  # "fine scale": detail finer than a Gaussian of this sigma (pixels)
+GRID_MASKS, GRID_STYLES = 6, 3
+
+
+@register("gmm")
+class GMMGenerator(Generator):
+    config: GMMConfig
+    config_class: ClassVar[type[GMMConfig]] = GMMConfig
+
+    def __init__(self, config: GMMConfig | None = None):
+        super().__init__(config)
+        self.params: dict[str, np.ndarray] | None = None
+
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0) -> dict[str, Any]:
+        masks, images = check_pair(masks, images)
+        rng = np.random.default_rng(seed)
+        per_slice = np.full((len(masks), NUM_CLASSES), np.nan)  # mean of each label in each slice
+        texture = np.full((len(masks), NUM_CLASSES), np.nan)  # fine-scale spread inside each label
+        detail = images - ndimage.gaussian_filter(images, sigma=(0, TEXTURE_SCALE_PX, TEXTURE_SCALE_PX))
+        for i, (m, x) in enumerate(zip(masks, images)):
+            for k in range(NUM_CLASSES):
+                inside = m == k
+                if inside.sum() >= MIN_PIXELS:
+                    per_slice[i, k] = x[inside].mean()
+                    core = ndimage.binary_erosion(inside)  # away from edges: texture, not partial volume
+                    texture[i, k] = detail[i][core if core.sum() >= MIN_PIXELS else inside].std()
+        missing = [k for k in range(NUM_CLASSES) if np.isnan(per_slice[:, k]).all()]
+        if missing:
+            raise ValueError(f"masks: labels {missing} never cover {MIN_PIXELS} pixels in a slice; cannot fit their "
+                             f"intensities")
+        complete = per_slice[~np.isnan(per_slice).any(axis=1)]
+        mean = np.nanmean(per_slice, axis=0)
+        if len(complete) >= 2 * NUM_CLASSES:
+            cov = np.cov(complete, rowvar=False)
+        else:  # too few slices with every structure: independent spreads
+            cov = np.diag(np.nan_to_num(np.nanvar(per_slice, axis=0)))
+        background = images[masks == 0]
+        background = rng.choice(background, min(len(background), 50_000), replace=False)
+        weights, means, sds = fit_gmm_1d(background, self.config.bg_components)
+        self.params = {"style_mean": mean, "style_cov": cov, "texture_sd": np.nanmedian(texture, axis=0),
+                       "bg_weights": weights, "bg_means": means, "bg_sds": sds}
+        out_dir = Path(out_dir)
+        grid = np.sort(rng.choice(len(masks), min(GRID_MASKS, len(masks)), replace=False))
+        rows = {"real": images[grid], **{f"seed {s}": self.sample(masks[grid], seed=s) for s in range(GRID_STYLES)}}
+        save_sample_grid(out_dir / "samples" / "step_000000.png", masks[grid], rows, title="gmm")
+        return {"slices_fitted": int(len(masks)), "slices_with_all_labels": int(len(complete)),
+                "label_means": [round(float(v), 4) for v in mean],
+                "background_components": [[round(float(v), 4) for v in row] for row in (weights, means, sds)]}
+
+    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+        if self.params is None:
+            raise RuntimeError("gmm: fit or load the generator before sampling")
+        masks = check_masks(masks)
+        cfg, p = self.config, self.params
+        rng = np.random.default_rng(seed)
+        n, h, w = masks.shape
+        if n == 0:
+            return np.zeros(masks.shape, np.float32)
+        label_means = rng.multivariate_normal(p["style_mean"], cfg.style_scale ** 2 * p["style_cov"],
+                                              method="eigh")
+        bg_means = p["bg_means"] + (label_means[0] - p["style_mean"][0])
+        component = quantile_regions(smooth_noise(rng, (n, h, w), cfg.bg_blob_sigma), p["bg_weights"])
+        background = region_intensities(component, bg_means, p["bg_sds"], rng)
+        texture = smooth_noise(rng, (n, h, w), cfg.texture_sigma) * p["texture_sd"][masks] * cfg.texture_scale
+        image = np.where(masks == 0, background, label_means[masks]) + texture
+        blur = [GaussianSmooth(sigma=cfg.partial_volume_sigma)] if cfg.partial_volume_sigma > 0 else []
+        finish = Compose(blur + [
+            RandBiasField(degree=cfg.bias_field_degree, coeff_range=(-cfg.bias_field_coeff, cfg.bias_field_coeff),
+                          prob=1.0),
+            RandRicianNoise(prob=1.0, std=cfg.noise_std, sample_std=True),
+        ])
+        finish.set_random_state(seed=int(rng.integers(2**31)))
+        # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
+        image = convert_to_numpy(finish(image.astype(np.float32)))
+        return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        if self.params is None:
+            raise RuntimeError("gmm: nothing to save before fit")
+        return {k: v.tolist() for k, v in self.params.items()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma: float) -> np.ndarray:
+    """Per-slice low-pass white noise with unit standard deviation."""
+    noise = rng.standard_normal(shape)
+    if sigma > 0:
+        noise = ndimage.gaussian_filter(noise, sigma=(0, sigma, sigma), mode="reflect")
+    return noise / max(noise.std(), 1e-8)
+
+
+def quantile_regions(field: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per slice, cut `field` at its quantiles so that region k covers a fraction weights[k] of the slice."""
+    cuts = np.cumsum(weights)[:-1]
+    thresholds = np.quantile(field.reshape(len(field), -1), cuts, axis=1).T  # (N, K - 1)
+    return (field[..., None] > thresholds[:, None, None, :]).sum(-1)
+
+
+def region_intensities(component: np.ndarray, means: np.ndarray, sds: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """One intensity per connected region of each component, drawn from that component's Gaussian."""
+    out = np.empty(component.shape)
+    for i, slice_components in enumerate(component):
+        for c in range(len(means)):
+            regions, count = ndimage.label(slice_components == c)
+            values = rng.normal(means[c], sds[c], count + 1)
+            out[i][regions > 0] = values[regions[regions > 0]]
+    return out
+
+
+def fit_gmm_1d(x: np.ndarray, k: int, iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximum-likelihood 1-D Gaussian mixture by EM from quantile starts; components sorted by mean."""
+    x = np.asarray(x, dtype=np.float64)
+    means = np.quantile(x, (np.arange(k) + 0.5) / k)
+    sds = np.full(k, max(x.std() / k, 1e-3))
+    weights = np.full(k, 1.0 / k)
+    for _ in range(iters):
+        log_p = -0.5 * ((x[:, None] - means) / sds) ** 2 - np.log(sds) + np.log(weights)
+        log_p -= log_p.max(axis=1, keepdims=True)
+        resp = np.exp(log_p)
+        resp /= resp.sum(axis=1, keepdims=True)
+        nk = resp.sum(axis=0) + 1e-9
+        weights = nk / len(x)
+        means = (resp * x[:, None]).sum(axis=0) / nk
+        sds = np.sqrt((resp * (x[:, None] - means) ** 2).sum(axis=0) / nk) + 1e-3
+    order = np.argsort(means)
+    return weights[order], means[order], sds[order]

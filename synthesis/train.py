@@ -1,0 +1,503 @@
+"""The one training loop of every learned generator, and the adversarial step the GANs share.
+
+A learned generator (`LearnedGenerator`) provides its networks, `train_step(batch, step) -> losses` (a GAN
+does its D and G updates inside) and `state_dict/load_state_dict`; `fit_loop` does everything else once:
+
+* batches drawn from (seed, step) and the torch RNG re-seeded from (seed, step) around each step, so a run
+  resumed from a checkpoint ends with exactly the weights of an uninterrupted one;
+* an EMA of the generator weights (warmed up) that sampling uses;
+* sample grids (fixed masks, fixed style seeds) in out_dir/samples/step_XXXXXX.png to watch it learn;
+* atomic checkpoints every `checkpoint_every` steps and at the end; a metrics CSV of the losses per step;
+* a guard that raises `TrainingDiverged` on a NaN/Inf loss, or when the discriminator has won completely
+  for `collapse_patience` consecutive steps, instead of silently producing garbage.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import math
+import time
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import MultiScalePatchDiscriminator, PatchDiscriminator
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from data.io import atomic_path
+from data.types import NUM_CLASSES, DataError
+from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
+from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
+from synthesis.diffaugment import diff_augment
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+SAMPLES = "samples"
+# Settings that may change between a checkpoint and its resumption without changing the maths.
+RESUMABLE_KEYS = frozenset({"steps", "sample_every", "checkpoint_every", "grid_masks", "grid_styles", "progress",
+                            "collapse_patience", "collapse_d_eps", "collapse_g_adv", "device"})
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite losses or a discriminator that wins completely; the last checkpoint
+    (if any) is still the last good state."""
+
+    def __init__(self, step: int, losses: dict[str, float], reason: str):
+        self.step, self.losses, self.reason = step, dict(losses), reason
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        super().__init__(f"training diverged at step {step}: {reason} ({shown})")
+
+
+class Batch(NamedTuple):
+    image: torch.Tensor  # (B, 1, H, W) in [-1, 1]
+    onehot: torch.Tensor  # (B, NUM_CLASSES, H, W)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def onehot(masks: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) integer labels -> (B, NUM_CLASSES, H, W) float."""
+    return F.one_hot(masks.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+
+def ema_avg_fn(decay: float):
+    """EMA with warm-up: early on the average follows the weights closely (decay (1 + n) / (10 + n)), so a
+    short run's EMA is not dominated by the random initialisation."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
+class LearnedGenerator(Generator):
+    """A generator trained by `fit_loop`. Subclasses build `self.net` (onehot, z -> image in [-1, 1]) and the
+    training parts, and implement `train_step`."""
+
+    config: TrainConfig
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+
+    def __init__(self, config: TrainConfig | None = None):
+        super().__init__(config)
+        self.device = resolve_device(self.config.device)
+        self.image_shape: tuple[int, int] | None = None
+        self.z_dim = 0  # size of the style code drawn per seed (0 = none)
+        self.net: nn.Module | None = None
+        self.ema: AveragedModel | None = None
+
+    # -------------------------------------------------------------------------------- to implement
+    @abstractmethod
+    def build_network(self, image_shape: tuple[int, int]) -> nn.Module:
+        """The generator network (what is averaged, saved and sampled); sets `self.z_dim`."""
+
+    @abstractmethod
+    def build_training(self) -> None:
+        """Optimisers, discriminators, losses: everything only training needs."""
+
+    @abstractmethod
+    def training_parts(self) -> dict[str, Any]:
+        """Name -> module/optimiser with a state_dict, besides `net` and `ema` (for checkpoints)."""
+
+    @abstractmethod
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimisation step; returns the same loss names every step."""
+
+    def synthesize(self, net: nn.Module, onehot: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Images in [-1, 1] from `net`; pix2pix overrides it to keep its dropout on."""
+        return net(onehot, z)
+
+    # ------------------------------------------------------------------------------------ shared
+    @property
+    def divisor(self) -> int:
+        return size_divisor(self.config)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def build(self, image_shape: tuple[int, int], *, training: bool, seed: int = 0) -> None:
+        """Fresh networks (initialised from `seed`) for slices of `image_shape`."""
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = self.build_network(self.image_shape).to(self.device)
+            self.ema = AveragedModel(self.net, multi_avg_fn=ema_avg_fn(self.config.ema_decay), use_buffers=True)
+            if training:
+                self.build_training()
+
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0) -> dict[str, Any]:
+        masks, images = check_pair(masks, images, self.divisor)
+        self.build(masks.shape[1:], training=True, seed=seed)
+        return fit_loop(self, masks, images, Path(out_dir), seed=seed)
+
+    @torch.no_grad()
+    def sample(self, masks: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
+        masks = check_masks(masks, self.image_shape)
+        seed = int(seed)
+        net = self.ema.module if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        z = None
+        if self.z_dim:
+            z = torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        out = []
+        try:
+            for start in range(0, len(masks), chunk):
+                m = torch.from_numpy(masks[start:start + chunk]).to(self.device)
+                with torch.random.fork_rng(devices=_rng_devices(self.device)):
+                    torch.manual_seed(seed)  # the same per-chunk noise (pix2pix dropout) for every chunk
+                    x = self.synthesize(net, onehot(m), None if z is None else z.expand(len(m), -1))
+                out.append(((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy())
+        finally:
+            net.train(was_training)
+        return np.concatenate(out) if out else np.zeros(masks.shape, np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        parts = {"net": self.net, "ema": self.ema, **self.training_parts()}
+        return {name: part.state_dict() for name, part in parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts = {"net": self.net, "ema": self.ema, **self.training_parts()}
+        missing = sorted(set(parts) - set(state))
+        if missing:
+            raise ValueError(f"{self.name}: checkpoint lacks {missing}")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+
+    def state(self) -> dict[str, Any]:
+        if self.net is None:
+            raise RuntimeError(f"{self.name}: nothing to save before fit")
+        return {"image_shape": list(self.image_shape), "net": _cpu(self.net.state_dict()),
+                "ema": _cpu(self.ema.module.state_dict())}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.build(tuple(state["image_shape"]), training=False)
+        self.net.load_state_dict(state["net"])
+        self.ema.module.load_state_dict(state["ema"])
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+# -------------------------------------------------------------------------------------------- the loop
+def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out_dir: Path, *,
+             seed: int) -> dict[str, Any]:
+    """Train `model` (networks built) on the pairs for `model.config.steps` steps, resuming from
+    out_dir/checkpoint.pt when it is there. Returns figures for the manifest."""
+    cfg = model.config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(masks, images)
+    start, guard_state = 0, 0
+    if (out_dir / CHECKPOINT).is_file():
+        start, guard_state = load_checkpoint(model, out_dir / CHECKPOINT, seed=seed, fingerprint=fingerprint)
+    guard = DivergenceGuard(cfg, consecutive=guard_state)
+    metrics = MetricsLog(out_dir / METRICS, resume_step=start)
+    grid = grid_selection(masks, cfg.grid_masks, seed)
+    masks_t = torch.from_numpy(masks)
+    images_t = torch.from_numpy(images)
+    t0, done = time.perf_counter(), start
+    try:
+        with tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"fit {model.name}",
+                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+            for step in bar:
+                rng = np.random.default_rng([seed, step])
+                index = torch.from_numpy(rng.choice(len(masks), cfg.batch_size, replace=len(masks) < cfg.batch_size))
+                batch = Batch(image=(images_t[index] * 2 - 1).unsqueeze(1).to(model.device),
+                              onehot=onehot(masks_t[index]).to(model.device))
+                with torch.random.fork_rng(devices=_rng_devices(model.device)):
+                    torch.manual_seed(int(rng.integers(2**62)))
+                    losses = model.train_step(batch, step)
+                guard.check(step, losses)
+                model.ema.update_parameters(model.net)
+                metrics.write(step, time.perf_counter() - t0, losses)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                done = step + 1
+                if done % cfg.sample_every == 0 or done == cfg.steps:
+                    write_grid(model, masks[grid], images[grid], out_dir / SAMPLES / f"step_{done:06d}.png", done)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    save_checkpoint(model, out_dir / CHECKPOINT, step=done, seed=seed, fingerprint=fingerprint,
+                                    guard_state=guard.consecutive)
+    finally:
+        metrics.close()
+    seconds = time.perf_counter() - t0
+    ran = done - start
+    return {"steps": cfg.steps, "resumed_from": start, "seconds": round(seconds, 2),
+            "steps_per_second": round(ran / seconds, 3) if ran and seconds > 0 else None,
+            "final_losses": metrics.tail_means()}
+
+
+def data_fingerprint(masks: np.ndarray, images: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for a in (masks, images):
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def grid_selection(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Fixed slices for the grids: preferably ones that show all three structures."""
+    full = np.flatnonzero([np.isin([1, 2, 3], m).all() for m in masks])
+    pool = full if len(full) >= n else np.arange(len(masks))
+    return np.sort(np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False))
+
+
+def write_grid(model: Generator, masks: np.ndarray, images: np.ndarray, path: Path, step: int) -> None:
+    rows = {"real": images}
+    for s in range(model.config.grid_styles):
+        rows[f"seed {s}"] = model.sample(masks, seed=s)
+    save_sample_grid(path, masks, rows, title=f"{model.name} step {step}")
+
+
+class DivergenceGuard:
+    """Raises `TrainingDiverged` on non-finite losses, or when D wins completely (losses `d_loss` below
+    `collapse_d_eps` and `g_adv` at least `collapse_g_adv`) for `collapse_patience` consecutive steps."""
+
+    def __init__(self, cfg: TrainConfig, consecutive: int = 0):
+        self.cfg, self.consecutive = cfg, consecutive
+
+    def check(self, step: int, losses: dict[str, float]) -> None:
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(step, losses, f"non-finite {', '.join(bad)}")
+        if self.cfg.collapse_patience and "d_loss" in losses and "g_adv" in losses:
+            won = losses["d_loss"] < self.cfg.collapse_d_eps and losses["g_adv"] >= self.cfg.collapse_g_adv
+            self.consecutive = self.consecutive + 1 if won else 0
+            if self.consecutive >= self.cfg.collapse_patience:
+                raise TrainingDiverged(step, losses, f"the discriminator has won completely for {self.consecutive} "
+                                                     f"consecutive steps (mode collapse / vanishing gradients)")
+
+
+class MetricsLog:
+    """metrics.csv: one row per step (step, seconds, losses...); on resume, rows past the checkpoint go."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        self.fields: list[str] | None = None
+        self.rows: list[dict[str, float]] = []
+        if resume_step and path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                kept = [r for r in reader if int(r["step"]) < resume_step]
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(kept)
+            self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in kept[-50:]]
+        elif path.exists():
+            path.unlink()
+        self._file = None
+        self._writer = None
+
+    def write(self, step: int, seconds: float, losses: dict[str, float]) -> None:
+        row = {"step": step, "seconds": round(seconds, 3), **{k: float(f"{v:.6g}") for k, v in losses.items()}}
+        if self._writer is None:
+            new = not self.path.is_file()
+            self.fields = self.fields or list(row)
+            self._file = self.path.open("a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
+            if new:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._file.flush()
+        self.rows = (self.rows + [row])[-50:]
+
+    def tail_means(self) -> dict[str, float]:
+        keys = [k for k in (self.fields or []) if k not in ("step", "seconds")]
+        return {k: round(float(np.mean([r[k] for r in self.rows if k in r])), 5) for k in keys
+                if any(k in r for r in self.rows)}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
+
+
+def save_checkpoint(model: LearnedGenerator, path: Path, *, step: int, seed: int, fingerprint: str,
+                    guard_state: int) -> None:
+    payload = {"step": step, "seed": seed, "fingerprint": fingerprint, "generator": model.name,
+               "config": dataclasses.asdict(model.config), "image_shape": list(model.image_shape),
+               "guard": guard_state, "model": model.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> tuple[int, int]:
+    """Restore `model` from `path` after checking it belongs to this run; returns (step, guard state)."""
+    try:
+        ckpt = torch.load(path, map_location=model.device, weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from exc
+    problems = []
+    if ckpt["generator"] != model.name:
+        problems.append(f"generator {ckpt['generator']!r} != {model.name!r}")
+    if ckpt["seed"] != seed:
+        problems.append(f"seed {ckpt['seed']} != {seed}")
+    if ckpt["fingerprint"] != fingerprint:
+        problems.append("different training slices")
+    if tuple(ckpt["image_shape"]) != model.image_shape:
+        problems.append(f"slice shape {tuple(ckpt['image_shape'])} != {model.image_shape}")
+    current = dataclasses.asdict(model.config)
+    changed = sorted(k for k in set(current) | set(ckpt["config"])
+                     if k not in RESUMABLE_KEYS and current.get(k) != ckpt["config"].get(k))
+    if changed:
+        problems.append("changed settings " + ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {current.get(k)!r}"
+                                                         for k in changed))
+    if ckpt["step"] > model.config.steps:
+        problems.append(f"it is at step {ckpt['step']}, beyond steps={model.config.steps}")
+    if problems:
+        raise ValueError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
+                         f"Use another output folder or delete the checkpoint to start over.")
+    model.load_state_dict(ckpt["model"])
+    return int(ckpt["step"]), int(ckpt["guard"])
+
+
+# --------------------------------------------------------------------------------------- adversarial step
+class AdversarialGenerator(LearnedGenerator):
+    """The GAN step shared by `spade` and `pix2pix`: a PatchGAN discriminator on (image, one-hot mask),
+    hinge (or least-squares) loss, D feature matching, optional DiffAugment and lazy R1, TTUR optimisers.
+
+    Subclasses implement `generator_forward(batch) -> (fake, {name: (weight, loss)})` for their own terms
+    (L1, KL, ...)."""
+
+    config: AdversarialConfig
+    config_class: ClassVar[type[AdversarialConfig]] = AdversarialConfig
+
+    @abstractmethod
+    def generator_forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[float, torch.Tensor]]]:
+        """Fake images in [-1, 1] for the batch, and the generator's own weighted loss terms."""
+
+    def build_training(self) -> None:
+        cfg = self.config
+        self.disc = build_discriminator(cfg, in_channels=1 + NUM_CLASSES, image_side=min(self.image_shape))
+        self.disc.to(self.device)
+        self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.lr_g, betas=tuple(map(float, cfg.betas)))
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(map(float, cfg.betas)))
+        self.augment_ops = parse_diffaugment(cfg.diffaugment)
+        self.last_r1 = 0.0
+        if cfg.adversarial_loss == "least_squares":
+            from monai.losses import PatchAdversarialLoss
+
+            self.adv_loss = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+
+    def training_parts(self) -> dict[str, Any]:
+        return {"disc": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def discriminate(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(logits per scale, intermediate features of all scales)."""
+        if isinstance(self.disc, MultiScalePatchDiscriminator):
+            logits, feats = self.disc(x)
+            return logits, [f for scale in feats for f in scale]
+        out = self.disc(x)
+        return [out[-1]], out[:-1]
+
+    def d_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+        if self.config.adversarial_loss == "hinge":
+            return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)) / len(real)
+        return self.adv_loss(real, target_is_real=True, for_discriminator=True) + \
+            self.adv_loss(fake, target_is_real=False, for_discriminator=True)
+
+    def g_adv_loss(self, fake: list[torch.Tensor]) -> torch.Tensor:
+        if self.config.adversarial_loss == "hinge":
+            return -sum(f.mean() for f in fake) / len(fake)
+        return self.adv_loss(fake, target_is_real=True, for_discriminator=False)
+
+    def r1_penalty(self, image: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """E ||d D(real) / d image||^2 (Mescheder et al. 2018)."""
+        image = image.detach().requires_grad_(True)
+        logits, _ = self.discriminate(torch.cat([image, onehot], 1))
+        (grad,) = torch.autograd.grad(sum(l.sum() for l in logits), image, create_graph=True)
+        return grad.pow(2).sum(dim=(1, 2, 3)).mean()
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        cfg = self.config
+        n = len(batch.image)
+        with self.autocast():
+            fake, terms = self.generator_forward(batch)
+
+        # discriminator: real and fake of the same masks, identically augmented, in one forward pass
+        self.disc.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        real_in = torch.cat([batch.image, batch.onehot], 1)
+        fake_in = torch.cat([fake.detach().float(), batch.onehot], 1)
+        with self.autocast():
+            logits, _ = self.discriminate(torch.cat(diff_augment([real_in, fake_in], self.augment_ops)))
+            d_real, d_fake = [l[:n] for l in logits], [l[n:] for l in logits]
+            d_loss = self.d_loss(d_real, d_fake)
+        total_d = d_loss
+        if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+            r1 = self.r1_penalty(batch.image, batch.onehot)
+            total_d = total_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
+            self.last_r1 = float(r1.detach())
+        total_d.backward()
+        self.opt_d.step()
+
+        # generator: D frozen (no weight gradients), real features only for feature matching
+        self.disc.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        fake_in = torch.cat([fake.float(), batch.onehot], 1)
+        with self.autocast():
+            if cfg.lambda_fm > 0:
+                aug_fake, aug_real = diff_augment([fake_in, real_in], self.augment_ops)
+                logits, feats = self.discriminate(torch.cat([aug_fake, aug_real]))
+                g_fm = sum(F.l1_loss(f[:n], f[n:].detach()) for f in feats) / len(feats)
+            else:
+                (aug_fake,) = diff_augment([fake_in], self.augment_ops)
+                logits, _ = self.discriminate(aug_fake)
+                g_fm = torch.zeros((), device=fake.device)
+            g_adv = self.g_adv_loss([l[:n] for l in logits])
+            g_loss = g_adv + cfg.lambda_fm * g_fm + sum(w * t for w, t in terms.values())
+        g_loss.backward()
+        self.opt_g.step()
+
+        losses = {"d_loss": d_loss, "d_real": sum(l.mean() for l in d_real) / len(d_real),
+                  "d_fake": sum(l.mean() for l in d_fake) / len(d_fake), "g_adv": g_adv, "g_fm": g_fm,
+                  **{name: t for name, (_, t) in terms.items()}, "g_loss": g_loss}
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        if cfg.r1_gamma > 0:
+            out["r1"] = self.last_r1
+        return out
+
+
+def build_discriminator(cfg: AdversarialConfig, in_channels: int, image_side: int) -> nn.Module:
+    """MONAI PatchGAN (or multi-scale) discriminator with the configured norm and spectral normalisation.
+
+    Instance norm (or none) rather than MONAI's default batch norm: batch statistics would differ between
+    real and fake inputs and let D tell them apart by statistics rather than content."""
+    norm = {"instance": "INSTANCE", "batch": "BATCH", "none": None}[cfg.d_norm]
+    common = dict(spatial_dims=2, channels=cfg.d_channels, in_channels=in_channels, out_channels=1,
+                  norm=norm, bias=norm is None, last_conv_kernel_size=4)
+    if cfg.d_scales > 1:
+        disc = MultiScalePatchDiscriminator(num_d=cfg.d_scales, num_layers_d=cfg.d_layers,
+                                            minimum_size_im=image_side, **common)
+    else:
+        if image_side / 2 ** cfg.d_layers < 2:
+            raise ValueError(f"d_layers: {cfg.d_layers} strided layers are too many for {image_side}-pixel slices")
+        disc = PatchDiscriminator(num_layers_d=cfg.d_layers, **common)
+    if cfg.spectral_norm:
+        for module in list(disc.modules()):
+            if isinstance(module, nn.Conv2d):
+                torch.nn.utils.parametrizations.spectral_norm(module)
+    return disc

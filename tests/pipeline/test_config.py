@@ -1,0 +1,66 @@
+"""Config: profiles, overrides, and one clear error naming the key for every bad value."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import PipelineConfig, describe, load_config
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, payload) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_repository_yaml_loads_in_every_profile(profile):
+    cfg = load_config(REPO / "pipeline.yaml", profile=profile)
+    assert isinstance(cfg, PipelineConfig) and cfg.profile == profile
+
+
+def test_repository_yaml_documents_every_key():
+    text = (REPO / "pipeline.yaml").read_text()
+    base = text.split("\nprofiles:")[0]
+    documented = {line.split(":")[0].strip() for line in base.splitlines() if "#" in line and ":" in line}
+    missing = [key for key, _, _ in describe() if key.split(".")[-1] not in documented]
+    assert not missing, f"pipeline.yaml lacks a commented entry for {missing}"
+
+
+def test_profile_and_overrides_apply_in_order(tmp_path):
+    path = _write(tmp_path, {"segmentation": {"steps": 100},
+                             "profiles": {"p": {"segmentation": {"steps": 200, "batch_size": 4}}}})
+    cfg = load_config(path, profile="p", overrides=["segmentation.steps=300", "experiment.seeds=[5, 6]"])
+    assert cfg.segmentation.steps == 300 and cfg.segmentation.batch_size == 4
+    assert cfg.experiment.seeds == [5, 6]
+
+
+@pytest.mark.parametrize("payload, overrides, expected", [
+    ({"segmentation": {"stepz": 1}}, [], "unknown key segmentation.stepz"),
+    ({"segmentation": {"steps": "many"}}, [], "segmentation.steps = 'many'"),
+    ({"experiment": {"fractions": [0.1, 1.5]}}, [], "experiment.fractions[1] = 1.5 is too large"),
+    ({"experiment": {"fractions": [0.0]}}, [], "experiment.fractions[0] = 0.0 is too small"),
+    ({"experiment": {"arms": ["real", "fake"]}}, [], "experiment.arms[1] = 'fake' is not allowed"),
+    ({"experiment": {"generators": ["stylegan"]}}, [], "experiment.generators[0] = 'stylegan'"),
+    ({"data": {"preprocess": {"crop_size": 100}}}, [], "crop_size = 100 must be divisible by"),
+    ({"data": {"layout": "bids"}}, [], "data.layout = 'bids' is not allowed"),
+    ({"synthesis": {"masks": {"source_mix": {"real": 1.0, "drawn": 1.0}}}}, [], "drawn"),
+    ({}, ["segmentation.lr"], "expected key=value"),
+    ({"profile": "fast"}, [], "unknown profile 'fast'"),
+])
+def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, payload, overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        load_config(_write(tmp_path, payload), overrides=overrides)
+
+
+def test_cli_reports_config_error_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    code = main(["run", str(_write(tmp_path, {"segmentation": {"stepz": 1}})), "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown key segmentation.stepz" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing was started

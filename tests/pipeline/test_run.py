@@ -1,0 +1,114 @@
+"""The pipeline end to end on a tiny phantom: caching, invalidation, kill-and-resume, the report."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import load_config
+from pipeline.run import STAGES, run_pipeline
+
+TINY = [
+    "data.preprocess.target_spacing=3.0", "data.preprocess.crop_size=64",
+    "data.split.n_test=2", "data.split.n_val=1", "data.split.stratify_by=null",
+    "synthesis.n_volumes=2",
+    "segmentation.channels=[4, 8, 16]", "segmentation.strides=[2, 2]", "segmentation.num_res_units=0",
+    "segmentation.steps=6", "segmentation.val_every=3", "segmentation.batch_size=4",
+    "experiment.fractions=[0.5, 1.0]", "experiment.seeds=[0]", "experiment.generators=[gmm]",
+    "experiment.arms=[real, real+synthetic]", "experiment.bootstrap_samples=100",
+]
+
+
+def tiny_config(root: Path, run_dir: Path, *extra: str):
+    return load_config(None, overrides=[f"data.root={root}", f"run_dir={run_dir}", *TINY, *extra])
+
+
+def done_stamps(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("done.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(phantom_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    run_pipeline(tiny_config(phantom_root, run_dir))
+    return run_dir
+
+
+def test_every_stage_writes_its_manifest(finished):
+    for stage in STAGES:
+        manifest = json.loads((finished / stage / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["key"] and "torch" in manifest["versions"]
+    split = json.loads((finished / "prepare" / "splits.json").read_text())
+    assert set(split["fractions"]["0.5"]) <= set(split["fractions"]["1"]) == set(split["train"])
+    per_case = pd.read_csv(finished / "evaluate" / "per_case.csv")
+    assert set(per_case["patient"]) == set(split["test"])
+    assert len(per_case) == 2 * 2 * 2 * 1 * 2  # fractions x conditions x test patients x seeds x phases
+
+
+def test_rerun_skips_everything(phantom_root, finished):
+    before = done_stamps(finished)
+    run = run_pipeline(tiny_config(phantom_root, finished))
+    assert run.timings == {} and done_stamps(finished) == before
+
+
+def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_root, finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    before = done_stamps(run_dir)
+    run = run_pipeline(tiny_config(phantom_root, run_dir, "synthesis.gmm.noise_std=0.05"))
+    after = done_stamps(run_dir)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert "prepare" not in run.timings
+    assert {"train_generator", "synthesize", "train_segmenters", "evaluate", "report"} <= set(run.timings)
+    assert any(k.startswith("train_generator/") for k in changed)
+    assert any(k.startswith("train_segmenters/") and "synthetic" in k for k in changed)
+    assert not any(k.startswith("train_segmenters/") and "/real/" in k for k in changed)  # real arm untouched
+
+
+def test_force_reruns_one_stage(phantom_root, finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    run = run_pipeline(tiny_config(phantom_root, run_dir), force=("report",))
+    assert set(run.timings) == {"report"}
+
+
+def test_killed_run_resumes_to_the_same_results(phantom_root, finished, tmp_path, monkeypatch):
+    import segmentation.train as seg_train
+
+    run_dir = tmp_path / "killed"
+    real_train = seg_train.train_segmenter
+    calls = {"n": 0}
+
+    def dies_mid_training(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # third segmenter: train half-way, then the process "dies"
+            real_train(*args, **kwargs, max_steps=3)
+            raise KeyboardInterrupt("killed")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(seg_train, "train_segmenter", dies_mid_training)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tiny_config(phantom_root, run_dir))
+    assert not (run_dir / "train_segmenters" / "manifest.json").exists()
+    monkeypatch.setattr(seg_train, "train_segmenter", real_train)
+    run_pipeline(tiny_config(phantom_root, run_dir))
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "evaluate" / "per_case.csv"),
+                                  pd.read_csv(finished / "evaluate" / "per_case.csv"))
+
+
+def test_report_has_every_section_and_the_summary_numbers(finished):
+    md = (finished / "report" / "report.md").read_text()
+    html = (finished / "report" / "report.html").read_text()
+    for section in ("## Data", "## Generator: gmm", "## Results", "## How it was run"):
+        assert section in md
+        assert section[3:] in html
+    assert "data:image/png;base64," in html and "<img src=\"figures" not in html  # self-contained
+    assert re.search(r"changes mean Dice by [+-]\d+\.\d points", md)
+    summary = pd.read_csv(finished / "evaluate" / "summary.csv")
+    for value in summary.select_dtypes("float").to_numpy().ravel():
+        if pd.notna(value):
+            assert f"{value:.3f}" in md

@@ -1,0 +1,176 @@
+"""Every generator: trains, samples masks' shape in [0, 1], seeds behave, save/load round-trips."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from synthesis.base import REGISTRY, build_generator, check_pair, load_generator
+from synthesis.config import CVAEConfig, GMMConfig, Pix2PixConfig, SpadeConfig, SynthesisConfig
+from synthesis.diffaugment import diff_augment
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: a second OpenMP thread buys nothing and, on a busy machine, each of the
+    thousands of small ops waits for it (observed: 0.02 s -> 5 s per step)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SIZE = 32
+TISSUE = np.array([0.15, 0.55, 0.30, 0.80], np.float32)  # bg, RV, MYO, LV
+
+
+def toy_pairs(n: int = 8, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Short-axis-like label maps (LV disc, MYO ring, RV crescent) with label-dependent intensities."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = size / 2 + rng.uniform(-2, 2, 2)
+        r = size * rng.uniform(0.12, 0.18)
+        d = np.hypot(yy - cy, xx - cx)
+        masks[i][d < 1.5 * r] = 2
+        masks[i][d < r] = 3
+        masks[i][(np.hypot(yy - cy, xx - cx + 2.2 * r) < r) & (masks[i] == 0)] = 1
+    images = np.clip(TISSUE[masks] + rng.normal(0, 0.03, masks.shape), 0, 1).astype(np.float32)
+    return masks, images
+
+
+def tiny_config(name: str, **overrides):
+    loop = dict(steps=3, batch_size=4, sample_every=3, checkpoint_every=3, grid_masks=3, grid_styles=2,
+                progress=False, device="cpu")
+    gan = dict(d_channels=8, d_layers=2)
+    cfg = {"gmm": lambda: GMMConfig(),
+           "spade": lambda: SpadeConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **gan, **loop),
+           "pix2pix": lambda: Pix2PixConfig(channels=[8, 16], num_res_units=0, **gan, **loop),
+           "cvae": lambda: CVAEConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **loop)}[name]()
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return toy_pairs()
+
+
+@pytest.fixture(scope="module")
+def trained(pairs, tmp_path_factory):
+    """Each generator fitted once (a few steps) for the tests below."""
+    masks, images = pairs
+    out = {}
+    for name in ("gmm", "spade", "pix2pix", "cvae"):
+        gen = build_generator(name, tiny_config(name))
+        gen.fit(masks, images, tmp_path_factory.mktemp(name), seed=0)
+        out[name] = gen
+    return out
+
+
+def test_registry_has_all_generators():
+    build_generator("gmm")  # fills the registry
+    assert {"gmm", "spade", "pix2pix", "cvae"} <= set(REGISTRY)
+    with pytest.raises(ValueError, match="unknown generator"):
+        build_generator("nope")
+
+
+@pytest.mark.parametrize("name", ["gmm", "spade", "pix2pix", "cvae"])
+def test_sample_shape_range_and_seeds(trained, pairs, name):
+    masks = pairs[0][:5]
+    gen = trained[name]
+    a = gen.sample(masks, seed=3)
+    assert a.shape == masks.shape and a.dtype == np.float32
+    assert np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, gen.sample(masks, seed=np.int64(3)))
+    assert np.abs(a - gen.sample(masks, seed=4)).mean() > 1e-4, "the seed must change the style/noise"
+
+
+@pytest.mark.parametrize("name", ["gmm", "spade", "pix2pix", "cvae"])
+def test_save_load_round_trip(trained, pairs, tmp_path, name):
+    gen = trained[name]
+    path = gen.save(tmp_path / "gen.pt")
+    again = load_generator(path)
+    assert type(again) is type(gen) and again.config == gen.config
+    np.testing.assert_array_equal(again.sample(pairs[0][:4], seed=1), gen.sample(pairs[0][:4], seed=1))
+    with pytest.raises(Exception, match="holds a"):
+        other = next(cls for n, cls in REGISTRY.items() if n != name)
+        other.load(path)
+
+
+@pytest.mark.parametrize("name", ["spade", "pix2pix", "cvae"])
+def test_slices_share_one_style(trained, pairs, name):
+    """One seed = one style for the whole stack: a slice's image does not depend on the other slices or on
+    how the stack is chunked."""
+    masks = pairs[0][:4]
+    gen = trained[name]
+    whole = gen.sample(masks, seed=5)
+    np.testing.assert_allclose(gen.sample(masks[2:3], seed=5)[0], whole[2], atol=1e-5)
+    np.testing.assert_allclose(gen.sample(masks, seed=5, chunk=1), whole, atol=1e-5)
+
+
+def test_learned_sample_rejects_other_shapes(trained):
+    with pytest.raises(ValueError, match="trained on 32x32"):
+        trained["spade"].sample(np.zeros((1, 64, 64), np.uint8), seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        trained["gmm"].sample(np.full((1, 32, 32), 7, np.uint8), seed=0)
+
+
+def test_bad_training_pairs_are_refused(pairs):
+    masks, images = pairs
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_pair(masks, images * 3)
+    with pytest.raises(ValueError, match="shape"):
+        check_pair(masks, images[:, :16])
+    with pytest.raises(ValueError, match="divisible"):
+        build_generator("spade", tiny_config("spade")).fit(masks[:, :30, :30], images[:, :30, :30], "/tmp/x", seed=0)
+
+
+def test_gmm_reproduces_the_fitted_intensities(pairs, tmp_path):
+    masks, images = pairs
+    gen = build_generator("gmm", GMMConfig(style_scale=0.0, texture_scale=0.0, partial_volume_sigma=0.0,
+                                           bias_field_coeff=0.0, noise_std=0.0))
+    figures = gen.fit(masks, images, tmp_path, seed=0)
+    np.testing.assert_allclose(figures["label_means"][1:], TISSUE[1:], atol=0.02)
+    out = gen.sample(masks, seed=0)
+    for label in (1, 2, 3):
+        assert abs(out[masks == label].mean() - TISSUE[label]) < 0.02
+    assert (tmp_path / "samples" / "step_000000.png").is_file()
+
+
+def test_gmm_bias_field_is_shared_by_the_slices_of_a_volume(pairs, tmp_path):
+    masks, images = pairs
+    gen = build_generator("gmm", GMMConfig(style_scale=0.0, texture_scale=0.0, partial_volume_sigma=0.0,
+                                           bias_field_coeff=0.3, noise_std=0.0))
+    gen.fit(masks, images, tmp_path, seed=0)
+    same = np.repeat(masks[:1], 3, axis=0)
+    lv = same[0] == 3
+    out = gen.sample(same, seed=2)
+    np.testing.assert_allclose(out[0][lv], out[1][lv], atol=1e-6)
+    assert np.std(out[0][lv]) > 1e-3  # ... and there is a field
+
+
+def test_build_generator_accepts_every_config_form():
+    synth = SynthesisConfig()
+    synth.spade.z_dim = 7
+    assert build_generator("spade", synth).config.z_dim == 7
+    assert build_generator("cvae", {"z_dim": 5}).config.z_dim == 5
+    with pytest.raises(ValueError, match="unknown key"):
+        build_generator("cvae", {"zdim": 5})
+    with pytest.raises(TypeError):
+        build_generator("cvae", SpadeConfig())
+    assert synth.size_divisor("spade") == 16 and synth.size_divisor("pix2pix") == 8
+
+
+def test_diffaugment_applies_the_same_transform_to_paired_batches():
+    torch.manual_seed(0)
+    x = torch.rand(6, 5, 16, 16)
+    a, b = diff_augment([x, x.clone()], ["color", "translation", "cutout"])
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, x)
+    (c,) = diff_augment([x], ["color"])
+    torch.testing.assert_close(c[:, 1:], x[:, 1:])  # intensity ops leave the mask channels alone
+    with pytest.raises(ValueError, match="unknown op"):
+        diff_augment([x], ["rotate"])
