@@ -115,3 +115,30 @@ def write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def save_torch(path: Path | str, payload: dict) -> Path:
+    """torch.save to a temp file, fsync, then rename: a kill never leaves a truncated checkpoint."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as fh:  # make the bytes durable before the rename makes them visible
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def load_torch(path: Path | str, what: str, map_location="cpu") -> dict:
+    """torch.load (weights only, no code execution); a missing or corrupt file is one DataError naming it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, f"{what} not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, ...
+        raise DataError(path, f"unreadable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict):
+        raise DataError(path, f"not a cmr-synth {what}")
+    return payload

@@ -243,7 +243,7 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         factor = cfg.synthesis.size_divisor(name)
         if crop % factor:
             raise ConfigError(f"{source}: data.preprocess.crop_size = {crop} must be divisible by {factor} for "
-                              f"generator {name!r} (2**len(synthesis.{name}.channels))")
+                              f"generator {name!r} (its downsampling depth, see synthesis.{name})")
     from synthesis.masks import check_source_mix
 
     try:

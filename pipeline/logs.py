@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,21 @@ class _TqdmHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never break a run
             self.handleError(record)
+
+
+class _WarningFilter(logging.Filter):
+    """Python warnings arrive as 'file:line: Category: message\n  source'; keep 'Category: message'.
+    Empty slices beyond base and apex are normal: they go to run.log only, not the console."""
+
+    def __init__(self, console: bool):
+        super().__init__()
+        self.console = console
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.getMessage()).strip().splitlines()[0]
+        match = re.match(r"^.*?:\d+: (\w+: .*)$", text)
+        record.msg, record.args = (match.group(1) if match else text), ()
+        return not (self.console and "slices without labels" in record.msg)
 
 
 def setup_logging(run_dir: Path, level: int = logging.INFO) -> logging.Logger:
@@ -38,8 +54,11 @@ def setup_logging(run_dir: Path, level: int = logging.INFO) -> logging.Logger:
     warnings_logger = logging.getLogger("py.warnings")
     for handler in list(warnings_logger.handlers):
         warnings_logger.removeHandler(handler)
-    warnings_logger.addHandler(file_handler)
-    warnings_logger.addHandler(console)
+    for handler, on_console in ((logging.FileHandler(run_dir / "run.log"), False), (_TqdmHandler(), True)):
+        handler.setFormatter(logging.Formatter("%(asctime)s WARNING %(message)s" if not on_console
+                                               else "warning: %(message)s"))
+        handler.addFilter(_WarningFilter(console=on_console))
+        warnings_logger.addHandler(handler)
     warnings_logger.propagate = False
     return logger
 

@@ -54,7 +54,8 @@ class _Doc:
         for col in shown.columns:
             if pd.api.types.is_float_dtype(shown[col]):
                 shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
-        self.html.append(shown.to_html(index=False, escape=True, border=0, classes="t"))
+        self.html.append('<div class="scroll">' + shown.to_html(index=False, escape=True, border=0, classes="t")
+                         + "</div>")
         header = "| " + " | ".join(map(str, shown.columns)) + " |"
         rule = "|" + "---|" * len(shown.columns)
         rows = ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
@@ -81,7 +82,7 @@ STYLE = """<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:
 table.t{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}table.t td,table.t th{padding:3px 8px;
 border-bottom:1px solid #ddd;text-align:right}table.t th{background:#f3f3f3}figure{margin:1em 0}
 img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}
-.headline{font-size:1.1em;background:#eef6ff;padding:.6em 1em;border-left:4px solid #3b82f6}</style>"""
+.scroll{overflow-x:auto}.headline{font-size:1.1em;background:#eef6ff;padding:.6em 1em;border-left:4px solid #3b82f6}</style>"""
 
 
 def write_report(run: "Run") -> dict[str, Path]:
@@ -124,9 +125,9 @@ def write_report(run: "Run") -> dict[str, Path]:
                        f"with their mask sources.")
 
     doc.heading("Results")
-    doc.para("Summary over test patients (3D, original voxel grid), per fraction, arm and structure; "
-             "identical to evaluate/summary.csv.")
-    doc.table(summary)
+    doc.para("Per fraction and arm: mean ± sd over test cases (3D, original voxel grid) and seeds; HD95 in mm, "
+             "EF errors in percentage points (per patient).")
+    doc.table(_results_table(summary))
     if len(seeds):
         doc.para("Mean Dice over test patients, mean ± sd over seeds (evaluate/seeds.csv).")
         doc.table(seeds)
@@ -139,6 +140,8 @@ def write_report(run: "Run") -> dict[str, Path]:
                "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
     doc.figure(_boxplots(per_case), "boxplots", "Dice per structure and condition (one point per test "
                "patient, averaged over phases and seeds).")
+    doc.para("Every summary figure, identical to evaluate/summary.csv:")
+    doc.table(summary)
 
     doc.heading("How it was run")
     doc.table(_timings(run))
@@ -248,6 +251,25 @@ def _synthetic_examples(run: "Run", name: str) -> plt.Figure | None:
     return fig
 
 
+def _results_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv (long) -> one row per fraction x condition, one column per metric x structure."""
+    if summary.empty:
+        return summary
+    wanted = [("dice", s) for s in (*STRUCTURES, "mean")] + [("hd95", s) for s in STRUCTURES] + \
+             [("ef_abs_err", "LV"), ("ef_abs_err", "RV")]
+    rows = []
+    for (fraction, arm, generator), at in summary.groupby(["fraction", "arm", "generator"], sort=True):
+        row = {"fraction": f"{fraction:g}", "condition": condition_label(arm, generator)}
+        for metric, structure in wanted:
+            hit = at[(at["metric"] == metric) & (at["structure"] == structure)]
+            if len(hit):
+                mean, sd = hit["mean"].iloc[0], hit["sd"].iloc[0]
+                row[f"{metric} {structure}"] = f"{mean:.3f} ± {sd:.3f}" if metric == "dice" else \
+                    f"{mean:.1f} ± {sd:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _conditions(per_case: pd.DataFrame) -> pd.Series:
     return per_case.apply(lambda r: condition_label(r["arm"], r["generator"]), axis=1)
 
@@ -266,7 +288,10 @@ def _dice_vs_fraction(per_case: pd.DataFrame, n_boot: int) -> plt.Figure:
             highs.append(by_patient.mean() + (high if not np.isnan(high) else 0))
         ax.plot(xs, means, marker="o", label=condition)
         ax.fill_between(xs, lows, highs, alpha=0.2)
-    ax.set_xscale("log")
+    fractions = sorted(per_case["fraction"].unique())
+    if len(fractions) > 2 and fractions[-1] / fractions[0] > 4:
+        ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.set_xlabel("fraction of real training patients")
     ax.set_ylabel("mean Dice (RV, MYO, LV; 3D)")
     ax.grid(alpha=0.3)

@@ -7,7 +7,6 @@ training data), plus everything needed to resume training bit-for-bit.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import DynUNet, UNet
 
 from data.config import PreprocessConfig
-from data.io import atomic_path
+from data.io import load_torch, save_torch
 from data.types import NUM_CLASSES, DataError
 from segmentation.config import SegmentationConfig
 
@@ -108,22 +107,12 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: SegmentationConf
         "arm": arm,
         "seed": int(seed),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as fh:  # make the bytes durable before the rename makes them visible
-            os.fsync(fh.fileno())
-    return Path(path)
+    return save_torch(path, payload)
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+    ckpt = load_torch(path, "segmentation checkpoint")
+    if "model" not in ckpt or "config" not in ckpt:
         raise DataError(path, "not a cmr-synth segmentation checkpoint (expected keys 'model' and 'config')")
     return ckpt
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from data.io import atomic_path
+from data.io import atomic_path, load_torch, save_torch
 from data.types import LABELS, NUM_CLASSES, DataError
 from synthesis.config import GeneratorConfig, config_from_dict
 
@@ -68,29 +67,24 @@ class Generator(ABC):
         """Write everything needed to sample later (weights + config), atomically."""
         payload = {"format": FILE_FORMAT, "generator": self.name,
                    "config": dataclasses.asdict(self.config), "state": self.state()}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return Path(path)
+        return save_torch(path, payload)
 
     @classmethod
     def load(cls, path: Path | str) -> "Generator":
         payload = read_generator_file(path)
         if payload["generator"] != cls.name:
             raise DataError(path, f"holds a {payload['generator']!r} generator, not {cls.name!r}")
-        generator = cls(config_from_dict(cls.config_class, payload["config"]))
-        generator.restore(payload["state"])
+        try:
+            generator = cls(config_from_dict(cls.config_class, payload["config"]))
+            generator.restore(payload["state"])
+        except (ValueError, KeyError, RuntimeError) as exc:  # e.g. written by another version of the class
+            raise DataError(path, f"does not fit the current {cls.name!r} generator ({exc})") from exc
         return generator
 
 
 def read_generator_file(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "generator file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise DataError(path, f"unreadable generator file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT or "generator" not in payload:
+    payload = load_torch(path, "generator file")
+    if payload.get("format") != FILE_FORMAT or "generator" not in payload:
         raise DataError(path, f"not a cmr-synth generator file (format {FILE_FORMAT})")
     return payload
 

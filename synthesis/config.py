@@ -133,19 +133,21 @@ class SpadeConfig(AdversarialConfig):
 
 @dataclass
 class Pix2PixConfig(AdversarialConfig):
-    """MONAI U-Net generator with dropout (kept on, per seed, at sampling time) and a PatchGAN discriminator."""
+    """MONAI BasicUNet generator with decoder dropout (kept on, per seed, at sampling time) and a PatchGAN
+    discriminator."""
 
     lr_g: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "generator learning rate (Adam)"})
     lr_d: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "discriminator learning rate"})
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={
         "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas of both optimisers"})
-    lambda_fm: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of discriminator feature matching"})
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256], metadata={
-        "min": 1, "min_len": 2, "unique": False,
-        "help": "U-Net channels per level; sides must be divisible by 2**(len(channels) - 1)"})
-    num_res_units: int = field(default=1, metadata={"min": 0, "max": 4, "help": "residual units per U-Net block"})
+    lambda_fm: float = field(default=10.0, metadata={"min": 0.0,
+                             "help": "weight of discriminator feature matching (pix2pixHD): a gradient that stays "
+                                     "informative when D wins"})
+    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 16], metadata={
+        "len": 6, "min": 1,
+        "help": "MONAI BasicUNet features: 5 levels (sides must be divisible by 16) and the last decoder block"})
     dropout: float = field(default=0.2, metadata={"min": 0.0, "max": 0.9,
-                           "help": "dropout of every U-Net block; also applied at sampling time, with one mask "
+                           "help": "dropout of the three coarser decoder blocks; also applied at sampling time, with one mask "
                                    "per seed shared by all slices, so that seeds give different images"})
     lambda_l1: float = field(default=100.0, metadata={"min": 0.0, "help": "weight of L1 to the real image"})
 
@@ -206,7 +208,7 @@ class SynthesisConfig:
 
 def size_divisor(cfg: GeneratorConfig) -> int:
     if isinstance(cfg, Pix2PixConfig):
-        return 2 ** (len(cfg.channels) - 1)
+        return 16  # BasicUNet: four 2x poolings
     if isinstance(cfg, (SpadeConfig, CVAEConfig)):
         return 2 ** len(cfg.channels)
     return 1

@@ -13,7 +13,6 @@ does its D and G updates inside) and `state_dict/load_state_dict`; `fit_loop` do
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,8 +30,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from data.io import atomic_path
-from data.types import NUM_CLASSES, DataError
+from data.io import atomic_path, load_torch, save_torch
+from data.types import NUM_CLASSES
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
 from synthesis.diffaugment import diff_augment
@@ -340,16 +339,12 @@ def save_checkpoint(model: LearnedGenerator, path: Path, *, step: int, seed: int
     payload = {"step": step, "seed": seed, "fingerprint": fingerprint, "generator": model.name,
                "config": dataclasses.asdict(model.config), "image_shape": list(model.image_shape),
                "guard": guard_state, "model": model.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(path, payload)
 
 
 def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> tuple[int, int]:
     """Restore `model` from `path` after checking it belongs to this run; returns (step, guard state)."""
-    try:
-        ckpt = torch.load(path, map_location=model.device, weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from exc
+    ckpt = load_torch(path, "generator checkpoint (delete it to start over)", map_location=model.device)
     problems = []
     if ckpt["generator"] != model.name:
         problems.append(f"generator {ckpt['generator']!r} != {model.name!r}")

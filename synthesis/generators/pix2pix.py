@@ -1,16 +1,18 @@
 """`pix2pix`: a MONAI U-Net from the one-hot mask to the image, L1 + PatchGAN (Isola et al., CVPR 2017).
 
-Like the original, the randomness is dropout, kept on at sampling time (a noise channel would be ignored:
-instance norm removes any spatially constant input, and L1 teaches the net to ignore the rest). At sampling
-each dropout layer draws ONE mask per seed and applies it to every slice, so a stack looks like one scan
-and the same seed gives the same images. Expect little diversity between seeds: that is pix2pix.
+The U-Net is MONAI's `BasicUNet` with interpolation upsampling: the transposed convolutions of `UNet` left
+a checkerboard lattice on ACDC after a few hundred steps. Like the original, the randomness is dropout in
+the decoder, kept on at sampling time (a noise channel would be ignored: instance norm removes any
+spatially constant input, and L1 teaches the net to ignore the rest). At sampling each dropout layer draws
+ONE mask per seed and applies it to every slice, so a stack looks like one scan and the same seed gives
+the same images. Expect little diversity between seeds: that is pix2pix.
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet
 from torch import nn
 
 from data.types import NUM_CLASSES
@@ -35,15 +37,17 @@ class SharedDropout(nn.Dropout):
 class UNetGenerator(nn.Module):
     """(one-hot mask, unused z) -> image in [-1, 1]."""
 
-    def __init__(self, channels: list[int], num_res_units: int, dropout: float):
+    def __init__(self, features: list[int], dropout: float):
         super().__init__()
-        self.unet = UNet(spatial_dims=2, in_channels=NUM_CLASSES, out_channels=1, channels=list(channels),
-                         strides=[2] * (len(channels) - 1), num_res_units=num_res_units, norm="INSTANCE",
-                         act=("LEAKYRELU", {"negative_slope": 0.2}), dropout=dropout)
-        for module in list(self.unet.modules()):  # MONAI builds nn.Dropout; make each one shareable
-            for name, child in module.named_children():
-                if type(child) is nn.Dropout:
-                    setattr(module, name, SharedDropout(child.p))
+        self.unet = BasicUNet(spatial_dims=2, in_channels=NUM_CLASSES, out_channels=1, features=tuple(features),
+                              act=("LEAKYRELU", {"negative_slope": 0.2}), norm="INSTANCE", dropout=dropout,
+                              upsample="nontrainable")
+        noisy = {"upcat_4", "upcat_3", "upcat_2"}  # as pix2pix: the coarser decoder blocks only; dropout at
+        for part_name, part in self.unet.named_children():  # full resolution would be salt-and-pepper noise
+            for module in list(part.modules()):
+                for name, child in module.named_children():
+                    if type(child) is nn.Dropout:
+                        setattr(module, name, SharedDropout(child.p) if part_name in noisy else nn.Identity())
 
     def forward(self, onehot: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(self.unet(onehot))
@@ -57,7 +61,7 @@ class Pix2PixGenerator(AdversarialGenerator):
     def build_network(self, image_shape: tuple[int, int]) -> nn.Module:
         cfg = self.config
         self.z_dim = 0
-        return UNetGenerator(cfg.channels, cfg.num_res_units, cfg.dropout)
+        return UNetGenerator(cfg.features, cfg.dropout)
 
     def generator_forward(self, batch: Batch):
         fake = self.net(batch.onehot)

@@ -46,7 +46,7 @@ def tiny_config(name: str, **overrides):
     gan = dict(d_channels=8, d_layers=2)
     cfg = {"gmm": lambda: GMMConfig(),
            "spade": lambda: SpadeConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **gan, **loop),
-           "pix2pix": lambda: Pix2PixConfig(channels=[8, 16], num_res_units=0, **gan, **loop),
+           "pix2pix": lambda: Pix2PixConfig(features=[4, 4, 8, 8, 16, 4], **gan, **loop),
            "cvae": lambda: CVAEConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **loop)}[name]()
     for key, value in overrides.items():
         setattr(cfg, key, value)
@@ -98,6 +98,20 @@ def test_save_load_round_trip(trained, pairs, tmp_path, name):
     with pytest.raises(Exception, match="holds a"):
         other = next(cls for n, cls in REGISTRY.items() if n != name)
         other.load(path)
+
+
+def test_a_file_from_another_version_is_a_clear_error(trained, tmp_path):
+    from data.types import DataError
+
+    path = trained["cvae"].save(tmp_path / "gen.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["channels_old"] = payload["config"].pop("channels")
+    torch.save(payload, path)
+    with pytest.raises(DataError, match="does not fit the current 'cvae'"):
+        load_generator(path)
+    (tmp_path / "junk.pt").write_text("not torch")
+    with pytest.raises(DataError, match="unreadable"):
+        load_generator(tmp_path / "junk.pt")
 
 
 @pytest.mark.parametrize("name", ["spade", "pix2pix", "cvae"])
@@ -161,7 +175,7 @@ def test_build_generator_accepts_every_config_form():
         build_generator("cvae", {"zdim": 5})
     with pytest.raises(TypeError):
         build_generator("cvae", SpadeConfig())
-    assert synth.size_divisor("spade") == 16 and synth.size_divisor("pix2pix") == 8
+    assert synth.size_divisor("spade") == 16 and synth.size_divisor("pix2pix") == 16
 
 
 def test_diffaugment_applies_the_same_transform_to_paired_batches():
