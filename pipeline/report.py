@@ -170,9 +170,12 @@ def headline_table(run: "Run") -> str:
 
 # ----------------------------------------------------------------------------------------------- figures
 def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame()
-    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    except pd.errors.EmptyDataError:  # e.g. statistics.csv of a real-only sweep: nothing to compare
+        return pd.DataFrame()
     if "generator" in frame:
         frame["generator"] = frame["generator"].fillna("").astype(str)
     return frame

@@ -300,7 +300,12 @@ UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("trai
 def stage_key(run: Run, stage: str) -> str:
     if stage == "prepare":
         return prepare_key(run)
-    return stable_hash(stage, stage_config(run, stage), [run.keys[u] for u in UPSTREAM[stage]])
+    return stable_hash(stage, stage_config(run, stage), upstream_keys(run, stage))
+
+
+def upstream_keys(run: Run, stage: str) -> dict[str, str]:
+    """Keys of the upstream stages this run has (a real-only sweep has no synthesis stages)."""
+    return {u: run.keys[u] for u in UPSTREAM[stage] if u in run.keys}
 
 
 def needed_stages(cfg: PipelineConfig) -> list[str]:
@@ -332,7 +337,7 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
         run.timings[stage] = wall
         write_stage_manifest(stage_dir, StageRecord(
             stage=stage, key=key, config=stage_config(run, stage),
-            inputs={u: run.keys[u] for u in UPSTREAM[stage]}, results=results, wall_s=wall))
+            inputs=upstream_keys(run, stage), results=results, wall_s=wall))
         log.info(f"[{stage}] done in {wall:.1f} s")
         if stage == wanted[-1]:
             break

@@ -112,3 +112,11 @@ def test_report_has_every_section_and_the_summary_numbers(finished):
     for value in summary.select_dtypes("float").to_numpy().ravel():
         if pd.notna(value):
             assert f"{value:.3f}" in md
+
+
+def test_real_only_sweep_skips_the_synthesis_stages(phantom_root, tmp_path):
+    run_dir = tmp_path / "real_only"
+    run = run_pipeline(tiny_config(phantom_root, run_dir, "experiment.arms=[real]", "experiment.fractions=[1.0]"))
+    assert set(run.timings) == {"prepare", "train_segmenters", "evaluate", "report"}
+    assert not (run_dir / "train_generator").exists()
+    assert "changes mean Dice" not in (run_dir / "report" / "report.md").read_text()

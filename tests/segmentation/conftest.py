@@ -2,19 +2,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from data.types import PreparedCase
 from tests.segmentation.cases import prepared_case
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks are dominated by per-op overhead: one thread is faster and steadier on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

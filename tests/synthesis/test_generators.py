@@ -10,16 +10,6 @@ from synthesis.config import CVAEConfig, GMMConfig, Pix2PixConfig, SpadeConfig, 
 from synthesis.diffaugment import diff_augment
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are tiny: a second OpenMP thread buys nothing and, on a busy machine, each of the
-    thousands of small ops waits for it (observed: 0.02 s -> 5 s per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SIZE = 32
 TISSUE = np.array([0.15, 0.55, 0.30, 0.80], np.float32)  # bg, RV, MYO, LV
 

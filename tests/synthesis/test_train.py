@@ -17,16 +17,6 @@ def pairs():
     return toy_pairs(n=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are tiny: a second OpenMP thread buys nothing and, on a busy machine, each of the
-    thousands of small ops waits for it (observed: 0.02 s -> 5 s per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def spade(**overrides):
     # every optional part of the GAN step on: VAE, feature matching, DiffAugment, lazy R1
     cfg = tiny_config("spade", diffaugment="color,translation,cutout", r1_gamma=1.0, r1_every=2, **overrides)
