@@ -79,9 +79,10 @@ def _read_3d(path: Path, dtype=None) -> Volume:
 
 
 def slice_axis(volume: Volume) -> int:
-    """The through-plane axis: the coarsest spacing (short-axis stacks: 5-10 mm vs ~1.5 mm), ties -> last."""
-    spacing = np.asarray(volume.spacing)
-    return int(len(spacing) - 1 - np.argmax(spacing[::-1]))
+    """The through-plane axis, by the one rule preprocessing uses (the coarsest spacing, ties -> last)."""
+    from data.preprocess import canonical_axes
+
+    return canonical_axes(volume.affine)[0]
 
 
 def _check_foreground(mask: Volume, role: str) -> None:

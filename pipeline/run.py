@@ -18,7 +18,7 @@ import pandas as pd
 
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
-                            write_json, write_stage_manifest)
+                            write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.logs import get_logger
 
@@ -86,7 +86,9 @@ class Run:
         return [c for c in self.cases.values() if c.patient_id in wanted]
 
     def fraction_patients(self, fraction: float) -> list[str]:
-        return self.split["fractions"][_fraction_key(fraction)]
+        from data.splits import fraction_key
+
+        return self.split["fractions"][fraction_key(fraction)]
 
     def segmenters(self) -> list[Segmenter]:
         exp = self.cfg.experiment
@@ -98,15 +100,11 @@ class Run:
         return runs
 
 
-def _fraction_key(fraction: float) -> str:
-    return f"{fraction:g}"
-
-
 # ------------------------------------------------------------------------------------------------ stages
 def prepare(run: Run) -> dict[str, Any]:
     from data.cache import prepare_cases
     from data.layouts import list_cases
-    from data.splits import make_split, nested_fractions, write_split
+    from data.splits import make_split, write_split
 
     cfg, log = run.cfg, get_logger()
     stage_dir = run.stage_dir("prepare")
@@ -122,13 +120,9 @@ def prepare(run: Run) -> dict[str, Any]:
     strata = {r.patient_id: str(r.metadata.get(cfg.data.split.stratify_by, ""))
               for r in refs} if cfg.data.split.stratify_by else None
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
-                       test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata)
-    split.fractions = nested_fractions(split.train, cfg.experiment.fractions, cfg.data.split.seed)
-    split_dict = split.to_dict()
-    # `nested_fractions` keys by its own formatting; re-key so lookups by fraction are unambiguous
-    split_dict["fractions"] = {_fraction_key(float(k)): v for k, v in split_dict["fractions"].items()}
+                       test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
+                       fractions=cfg.experiment.fractions)
     write_split(stage_dir / "splits.json", split)
-    write_json(stage_dir / "splits.json", split_dict)
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")

@@ -43,7 +43,7 @@ def test_every_stage_writes_its_manifest(finished):
         manifest = json.loads((finished / stage / "manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["key"] and "torch" in manifest["versions"]
     split = json.loads((finished / "prepare" / "splits.json").read_text())
-    assert set(split["fractions"]["0.5"]) <= set(split["fractions"]["1"]) == set(split["train"])
+    assert set(split["fractions"]["0.5"]) <= set(split["fractions"]["1.0"]) == set(split["train"])
     per_case = pd.read_csv(finished / "evaluate" / "per_case.csv")
     assert set(per_case["patient"]) == set(split["test"])
     assert len(per_case) == 2 * 2 * 2 * 1 * 2  # fractions x conditions x test patients x seeds x phases
