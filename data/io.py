@@ -111,6 +111,33 @@ def write_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray, *, is_l
     return Path(path)
 
 
+def write_csv(frame, path: Path | str) -> Path:
+    """A pandas DataFrame as CSV, atomically: readers never see a half-written table."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def keep_csv_rows(path: Path | str, keep, fieldnames: list[str] | None = None) -> tuple[list[str], list[dict]]:
+    """Rewrite a CSV atomically with only the rows for which `keep(row)` is true (a resumed run's log is
+    cut back to its checkpoint); returns (fieldnames, kept rows). A missing file gives no rows."""
+    import csv
+
+    path = Path(path)
+    rows: list[dict] = []
+    if path.is_file():
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = fieldnames or list(reader.fieldnames or [])
+            rows = [row for row in reader if keep(row)]
+    fieldnames = list(fieldnames or [])
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return fieldnames, rows
+
+
 def write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

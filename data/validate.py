@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data.io import atomic_path, read_volume
+from data.io import read_volume, write_csv
 from data.labels import remap_labels, validate_label_map
 from data.layouts import list_cases
 from data.types import LABELS, STRUCTURES, CaseRef, DataError, Volume
@@ -141,9 +141,7 @@ class ValidationReport:
         return "\n".join(parts)
 
     def to_csv(self, path: Path | str) -> Path:
-        with atomic_path(path) as tmp:
-            self.display_frame().to_csv(tmp, index=False)
-        return Path(path)
+        return write_csv(self.display_frame(), path)
 
 
 COLUMNS = ["case", "patient", "phase", "shape", "spacing", "labels", *(f"{s}_ml" for s in STRUCTURES),

@@ -51,15 +51,19 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__}
 
 
-def unit_done(unit_dir: Path, key: str) -> dict[str, Any] | None:
-    done = unit_dir / DONE
-    if not done.is_file():
+def _record_with_key(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON record at `path` if it is readable and carries `key`; anything else counts as not done."""
+    if not path.is_file():
         return None
     try:
-        record = read_json(done)
+        record = read_json(path)
     except (OSError, json.JSONDecodeError):
         return None
-    return record if record.get("key") == key else None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def unit_done(unit_dir: Path, key: str) -> dict[str, Any] | None:
+    return _record_with_key(Path(unit_dir) / DONE, key)
 
 
 def run_unit(unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -97,14 +101,8 @@ class StageRecord:
 
 
 def stage_current(stage_dir: Path, key: str) -> StageRecord | None:
-    path = Path(stage_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        raw = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return StageRecord(**raw) if raw.get("key") == key else None
+    record = _record_with_key(Path(stage_dir) / MANIFEST, key)
+    return StageRecord(**record) if record is not None else None
 
 
 def write_stage_manifest(stage_dir: Path, record: StageRecord) -> Path:

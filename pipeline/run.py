@@ -184,12 +184,13 @@ def synthesize(run: Run) -> dict[str, Any]:
             unit = f"f{fraction:g}/{name}"
             gen_unit = generated[unit]
 
-            def work(unit_dir: Path, unit=unit, name=name) -> dict[str, Any]:
+            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction) -> dict[str, Any]:
                 generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
                 draws, rejects = draw_masks(scfg.masks.source_mix, cases, scfg.n_volumes, seed=scfg.seed,
                                             cfg=scfg.masks)
                 manifest = synthesize_dataset(generator, draws, unit_dir / "cases", seed=scfg.seed,
                                               generator_name=name)
+                synthetic_cases(run, fraction, name)  # preprocess once here, so the segmenters only read
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
             key = stable_hash(gen_unit["key"], to_dict(scfg))
@@ -198,6 +199,7 @@ def synthesize(run: Run) -> dict[str, Any]:
 
 
 def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedCase]:
+    """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit)."""
     from data.cache import prepare_cases
     from data.layouts import list_cases
 
@@ -230,7 +232,8 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
 
 def evaluate(run: Run) -> dict[str, Any]:
-    from segmentation.evaluate import evaluate_cases, summarize, write_csv
+    from data.io import write_csv
+    from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
     from segmentation.statistics import compare_to_real, seed_table
 

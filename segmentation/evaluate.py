@@ -28,7 +28,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from tqdm import tqdm
 
-from data.io import atomic_path, write_nifti
+from data.io import write_nifti
 from data.types import NUM_CLASSES, STRUCTURES, DataError, PreparedCase
 from segmentation.runtime import torch_threads
 
@@ -228,8 +228,3 @@ def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=group + ["metric", "structure", "level", "n", "mean", "sd", "median"])
 
 
-def write_csv(frame: pd.DataFrame, path: Path | str) -> Path:
-    """Atomic CSV write: readers never see a half-written table."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)

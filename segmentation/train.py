@@ -26,7 +26,7 @@ from monai.metrics import DiceMetric
 from tqdm import tqdm
 
 from data.config import PreprocessConfig
-from data.io import atomic_path
+from data.io import keep_csv_rows
 from data.types import STRUCTURES, PreparedCase
 from segmentation.config import SegmentationConfig
 from segmentation.datasets import make_train_stream
@@ -193,15 +193,7 @@ class _MetricsLog:
 
     def __init__(self, path: Path, resume_step: int):
         self.path, self.pending = path, None
-        kept = []
-        if resume_step > 0 and path.is_file():
-            with open(path, newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= resume_step]
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, METRICS_COLUMNS)
-                writer.writeheader()
-                writer.writerows(kept)
+        keep_csv_rows(path, lambda row: resume_step > 0 and int(row["step"]) <= resume_step, METRICS_COLUMNS)
         self.fh = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
         self.tensorboard = None

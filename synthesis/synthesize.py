@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.io import atomic_path, write_nifti, write_text
+from data.io import write_csv, write_nifti, write_text
 from synthesis.masks import MaskDraw
 
 PREFIX = "synth_"
@@ -76,8 +76,7 @@ def synthesize_dataset(generator, mask_draws: Sequence[MaskDraw], out_dir: Path 
                      "mask_path": mask_path.relative_to(out_dir).as_posix()})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        manifest.to_csv(tmp, index=False)
+    write_csv(manifest, out_dir / MANIFEST)
     return manifest
 
 

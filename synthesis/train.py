@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from data.io import atomic_path, load_torch, save_torch
+from data.io import keep_csv_rows, load_torch, save_torch
 from data.types import NUM_CLASSES
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
@@ -296,14 +296,7 @@ class MetricsLog:
         self.fields: list[str] | None = None
         self.rows: list[dict[str, float]] = []
         if resume_step and path.is_file():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                kept = [r for r in reader if int(r["step"]) < resume_step]
-            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(kept)
+            self.fields, kept = keep_csv_rows(path, lambda r: int(r["step"]) < resume_step)
             self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in kept[-50:]]
         elif path.exists():
             path.unlink()

@@ -10,9 +10,10 @@ import pytest
 from scipy import ndimage
 
 from data.config import PreprocessConfig
+from data.io import write_csv
 from data.preprocess import preprocess_case
 from segmentation.evaluate import (PATIENT_COLUMNS, StructureMetrics, clinical_indices, evaluate_cases,
-                                   image_diagonal_mm, patient_level, predict_case, summarize, write_csv)
+                                   image_diagonal_mm, patient_level, predict_case, summarize)
 from tests.segmentation.cases import OracleNet, heart_volume, write_case
 
 RV, MYO, LV = 1, 2, 3
