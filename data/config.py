@@ -24,6 +24,23 @@ class SplitConfig:
 
 
 @dataclass
+class TestSetConfig:
+    """An extra test set, scored separately and never trained on (e.g. another vendor or scanner style)."""
+
+    name: str = field(default="", metadata={"help": "short name used in per_case_extra.csv and the report"})
+    root: str = field(default="", metadata={
+        "help": "dataset folder; empty = generate a phantom in `phantom_style` (a shifted domain with no data)"})
+    layout: str = field(default="auto", metadata={"choices": ["auto", "acdc", "nnunet"], "help": "folder layout"})
+    label_map: dict[int, int] | None = field(default=None, metadata={
+        "help": "file label -> internal label of this set (its own label order)"})
+    phantom_style: str = field(default="philips_like", metadata={
+        "choices": ["siemens_like", "philips_like", "lowfield_noisy"], "help": "scanner style of a phantom set"})
+    phantom_patients: int = field(default=6, metadata={"min": 1, "help": "patients of a phantom set"})
+    phantom_seed: int = field(default=1000, metadata={
+        "help": "seed of a phantom set (other than data.phantom_seed: other anatomy than the training phantom)"})
+
+
+@dataclass
 class DataConfig:
     root: str = field(default="", metadata={"help": "dataset folder; empty = generate the embedded phantom"})
     layout: str = field(default="auto", metadata={"choices": ["auto", "acdc", "nnunet"],
@@ -33,5 +50,9 @@ class DataConfig:
         "help": "file label -> internal label (0 bg, 1 RV, 2 MYO, 3 LV); e.g. M&Ms {1: 3, 2: 2, 3: 1}"})
     phantom_patients: int = field(default=24, metadata={"min": 4, "help": "patients of the generated phantom"})
     phantom_seed: int = field(default=0, metadata={"help": "seed of the generated phantom"})
+    extra_test_sets: list[TestSetConfig] = field(default_factory=list, metadata={
+        "unique": False, "help": "extra test sets scored separately (robustness to a shifted domain); each has "
+                                 "name, root, layout, label_map (and phantom_style/phantom_patients/phantom_seed "
+                                 "when root is empty)"})
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -250,6 +250,13 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         check_source_mix(cfg.synthesis.masks.source_mix)
     except ValueError as exc:
         raise ConfigError(f"{source}: synthesis.masks.{exc}") from exc
+    names = [t.name for t in cfg.data.extra_test_sets]
+    for i, name in enumerate(names):
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ConfigError(f"{source}: data.extra_test_sets[{i}].name = {name!r}: expected a non-empty name of "
+                              f"letters, digits, '-', '_' or '.' (it names a folder and a report row)")
+        if names.index(name) != i:
+            raise ConfigError(f"{source}: data.extra_test_sets[{i}].name = {name!r} is used twice")
     if cfg.data.test_root is not None and not cfg.data.root:
         raise ConfigError(f"{source}: data.test_root is set but data.root is empty; the phantom has no test root")
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from data.config import TestSetConfig
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
                             write_stage_manifest)
@@ -46,6 +47,7 @@ class Run:
     run_dir: Path
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    _extra_cases: dict[str, list[PreparedCase]] = field(default_factory=dict, repr=False)
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -80,6 +82,23 @@ class Run:
     @property
     def test_root(self) -> Path:
         return Path(self.cfg.data.test_root) if self.cfg.data.test_root else self.data_root
+
+    def extra_root(self, test_set: TestSetConfig) -> Path:
+        if test_set.root:
+            return Path(test_set.root)
+        return self.stage_dir("prepare") / "extra" / test_set.name / "phantom"
+
+    def extra_cases(self, test_set: TestSetConfig) -> list[PreparedCase]:
+        """Every case of an extra test set (all of its patients are test patients), from its own cache."""
+        from data.cache import prepare_cases
+        from data.layouts import list_cases
+
+        if test_set.name not in self._extra_cases:
+            refs = list_cases(self.extra_root(test_set), test_set.layout)
+            self._extra_cases[test_set.name] = prepare_cases(
+                refs, self.cfg.data.preprocess, self.stage_dir("prepare") / "extra" / test_set.name / "cache",
+                label_map=test_set.label_map)
+        return self._extra_cases[test_set.name]
 
     def patient_cases(self, patients: list[str]) -> list[PreparedCase]:
         wanted = set(patients)
@@ -126,7 +145,19 @@ def prepare(run: Run) -> dict[str, Any]:
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")
-    return {"n_cases": len(cases), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test)}
+    extra = {}
+    for test_set in cfg.data.extra_test_sets:
+        if not test_set.root:
+            from data.phantom import PHANTOM_VERSION, write_phantom
+
+            key = stable_hash("phantom", PHANTOM_VERSION, test_set.phantom_patients, test_set.phantom_seed,
+                              test_set.phantom_style)
+            run_unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
+                d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})
+        extra[test_set.name] = len(run.extra_cases(test_set))
+        log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
+    return {"n_cases": len(cases), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+            "extra_test_sets": extra}
 
 
 def prepare_key(run: Run) -> str:
@@ -135,9 +166,10 @@ def prepare_key(run: Run) -> str:
 
     files = []
     cfg = run.cfg.data
-    roots = [cfg.root] + ([cfg.test_root] if cfg.test_root else []) if cfg.root else []
-    for root in roots:
-        for ref in list_cases(Path(root), cfg.layout):
+    roots = [(cfg.root, cfg.layout)] + ([(cfg.test_root, cfg.layout)] if cfg.test_root else []) if cfg.root else []
+    roots += [(t.root, t.layout) for t in cfg.extra_test_sets if t.root]
+    for root, layout in roots:
+        for ref in list_cases(Path(root), layout):
             for path in (ref.image_path, ref.mask_path):
                 if path is not None:
                     stat = Path(path).stat()
@@ -232,35 +264,50 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
 
 def evaluate(run: Run) -> dict[str, Any]:
+    """Every segmenter on the held-out test patients (per_case.csv, the experiment's answer) and on each extra
+    test set (per_case_extra.csv, robustness.csv: the same comparisons per shifted domain)."""
     from data.io import write_csv
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
-    from segmentation.statistics import compare_to_real, seed_table
+    from pipeline.report import read_table
+    from segmentation.statistics import compare_to_real, robustness_table, seed_table
 
     stage_dir = run.stage_dir("evaluate")
     trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
-    test_cases = run.patient_cases(run.split["test"])
-    frames = []
+    test_sets = {"": (run.patient_cases(run.split["test"]), run.cfg.data.label_map)}
+    test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
+    frames: dict[str, list[pd.DataFrame]] = {"per_case.csv": [], "per_case_extra.csv": []}
     for seg in run.segmenters():
         def work(unit_dir: Path, seg=seg) -> dict[str, Any]:
             model, _ = load_model(run.stage_dir("train_segmenters") / seg.name / "best.pt")
-            frame = evaluate_cases(model, test_cases, unit_dir / "predictions", arm=seg.arm,
-                                   fraction=seg.fraction, seed=seg.seed, label_map=run.cfg.data.label_map)
-            frame.insert(1, "generator", seg.generator)
-            write_csv(frame, unit_dir / "per_case.csv")
-            return {"rows": int(len(frame))}
+            extra = []
+            for name, (cases, label_map) in test_sets.items():
+                frame = evaluate_cases(model, cases, unit_dir / "predictions" / name, arm=seg.arm,
+                                       fraction=seg.fraction, seed=seg.seed, label_map=label_map)
+                frame.insert(1, "generator", seg.generator)
+                if name:
+                    extra.append(frame.assign(test_set=name))
+                else:
+                    write_csv(frame, unit_dir / "per_case.csv")
+            write_csv(pd.concat(extra, ignore_index=True) if extra else pd.DataFrame(columns=["test_set"]),
+                      unit_dir / "per_case_extra.csv")
+            return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
-        key = stable_hash(trained[seg.name]["key"], run.split["test"])
+        key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
+                          run.keys["prepare"])
         run_unit(stage_dir / seg.name, key, work)
-        frames.append(pd.read_csv(stage_dir / seg.name / "per_case.csv", keep_default_na=False,
-                                  na_values=["", "nan", "NaN"]))
-    per_case = pd.concat(frames, ignore_index=True)
-    per_case["generator"] = per_case["generator"].fillna("")
+        for name, found in frames.items():
+            found.append(read_table(stage_dir / seg.name / name))
+    per_case = pd.concat(frames["per_case.csv"], ignore_index=True)
     write_csv(per_case, stage_dir / "per_case.csv")
     write_csv(summarize(per_case), stage_dir / "summary.csv")
     write_csv(compare_to_real(per_case, n_boot=run.cfg.experiment.bootstrap_samples), stage_dir / "statistics.csv")
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
-    return {"rows": int(len(per_case))}
+    extra = pd.concat(frames["per_case_extra.csv"], ignore_index=True)
+    write_csv(extra, stage_dir / "per_case_extra.csv")
+    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples),
+              stage_dir / "robustness.csv")
+    return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
 
 
 def report(run: Run) -> dict[str, Any]:

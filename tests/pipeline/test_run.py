@@ -27,14 +27,41 @@ def tiny_config(root: Path, run_dir: Path, *extra: str):
     return load_config(None, overrides=[f"data.root={root}", f"run_dir={run_dir}", *TINY, *extra])
 
 
+def swap_rv_lv(path: Path) -> None:
+    """Rewrite a mask file with RV and LV exchanged (a dataset with another label order)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(path)
+    labels = np.asarray(img.dataobj)
+    swapped = labels.copy()
+    swapped[labels == 1], swapped[labels == 3] = 3, 1
+    nib.save(nib.Nifti1Image(swapped, img.affine, img.header), path)
+
+
+@pytest.fixture(scope="module")
+def extra_sets(phantom_root, tmp_path_factory) -> tuple[str, ...]:
+    """Three extra test sets: two phantom patients as they are, the same two with RV/LV swapped in the files
+    (remapped back by label_map), and a generated phantom in another scanner style."""
+    base = tmp_path_factory.mktemp("extra")
+    for name in ("same", "swapped"):
+        for pid in ("patient005", "patient006"):
+            shutil.copytree(phantom_root / pid, base / name / pid)
+    for mask in (base / "swapped").rglob("*_gt.nii.gz"):
+        swap_rv_lv(mask)
+    return (f"data.extra_test_sets=[{{name: same, root: '{base / 'same'}'}}, {{name: swapped, root: "
+            f"'{base / 'swapped'}', label_map: {{1: 3, 2: 2, 3: 1}}}}, {{name: lowfield, phantom_style: "
+            f"lowfield_noisy, phantom_patients: 1}}]",)
+
+
 def done_stamps(run_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("done.json")}
 
 
 @pytest.fixture(scope="module")
-def finished(phantom_root, tmp_path_factory) -> Path:
+def finished(phantom_root, extra_sets, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    run_pipeline(tiny_config(phantom_root, run_dir))
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets))
     return run_dir
 
 
@@ -49,17 +76,32 @@ def test_every_stage_writes_its_manifest(finished):
     assert len(per_case) == 2 * 2 * 2 * 1 * 2  # fractions x conditions x test patients x seeds x phases
 
 
-def test_rerun_skips_everything(phantom_root, finished):
+def test_extra_test_sets_are_scored_separately_with_their_own_label_order(finished):
+    extra = pd.read_csv(finished / "evaluate" / "per_case_extra.csv")
+    assert set(extra["test_set"]) == {"same", "swapped", "lowfield"}
+    assert set(extra.loc[extra.test_set == "lowfield", "patient"]) == {"patient001"}
+    same = extra[extra.test_set == "same"].drop(columns="test_set").reset_index(drop=True)
+    swapped = extra[extra.test_set == "swapped"].drop(columns="test_set").reset_index(drop=True)
+    assert same["dice_RV"].notna().all() and len(same) == 2 * 2 * 2 * 2  # fractions x conditions x patients x phases
+    pd.testing.assert_frame_equal(same, swapped)  # remapped labels score exactly like the original order
+    robustness = pd.read_csv(finished / "evaluate" / "robustness.csv", keep_default_na=False, na_values=[""])
+    assert list(robustness["test_set"].unique()) == ["test (in-domain)", "same", "swapped", "lowfield"]
+    assert robustness.loc[robustness.arm != "real", "diff_mean"].notna().all()
+    assert "Robustness: shifted-domain test sets" in (finished / "report" / "report.md").read_text()
+    assert (finished / "evaluate" / "f1" / "real" / "seed0" / "predictions" / "swapped").is_dir()
+
+
+def test_rerun_skips_everything(phantom_root, extra_sets, finished):
     before = done_stamps(finished)
-    run = run_pipeline(tiny_config(phantom_root, finished))
+    run = run_pipeline(tiny_config(phantom_root, finished, *extra_sets))
     assert run.timings == {} and done_stamps(finished) == before
 
 
-def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_root, finished, tmp_path):
+def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_root, extra_sets, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     before = done_stamps(run_dir)
-    run = run_pipeline(tiny_config(phantom_root, run_dir, "synthesis.gmm.noise_std=0.05"))
+    run = run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "synthesis.gmm.noise_std=0.05"))
     after = done_stamps(run_dir)
     changed = {k for k in after if after[k] != before.get(k)}
     assert "prepare" not in run.timings
@@ -69,14 +111,14 @@ def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_roo
     assert not any(k.startswith("train_segmenters/") and "/real/" in k for k in changed)  # real arm untouched
 
 
-def test_force_reruns_one_stage(phantom_root, finished, tmp_path):
+def test_force_reruns_one_stage(phantom_root, extra_sets, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
-    run = run_pipeline(tiny_config(phantom_root, run_dir), force=("report",))
+    run = run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets), force=("report",))
     assert set(run.timings) == {"report"}
 
 
-def test_killed_run_resumes_to_the_same_results(phantom_root, finished, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_results(phantom_root, extra_sets, finished, tmp_path, monkeypatch):
     import segmentation.train as seg_train
 
     run_dir = tmp_path / "killed"
@@ -92,10 +134,10 @@ def test_killed_run_resumes_to_the_same_results(phantom_root, finished, tmp_path
 
     monkeypatch.setattr(seg_train, "train_segmenter", dies_mid_training)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(tiny_config(phantom_root, run_dir))
+        run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets))
     assert not (run_dir / "train_segmenters" / "manifest.json").exists()
     monkeypatch.setattr(seg_train, "train_segmenter", real_train)
-    run_pipeline(tiny_config(phantom_root, run_dir))
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets))
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "evaluate" / "per_case.csv"),
                                   pd.read_csv(finished / "evaluate" / "per_case.csv"))
 
