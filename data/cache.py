@@ -41,6 +41,15 @@ def file_sha1(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def voxel_sha1(path: Path | str) -> str:
+    """sha1 of a volume's voxel values and shape: equal for the same image saved twice (file bytes differ
+    with the gzip header), which is how duplicate patients are found."""
+    from data.io import read_volume
+
+    array = np.ascontiguousarray(read_volume(path).array)
+    return hashlib.sha1(str((array.shape, array.dtype.str)).encode() + array.tobytes()).hexdigest()
+
+
 def config_key(cfg: PreprocessConfig, label_map: dict[int, int] | None = None) -> str:
     """sha1 of what, besides the input files, determines the preprocessed arrays."""
     payload = {

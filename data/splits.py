@@ -68,12 +68,15 @@ def stratified_order(ids: Iterable[str], rng: np.random.Generator,
 
 
 def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids: Iterable[str] | None = None,
-               strata: dict[str, str] | None = None, fractions: Sequence[float] = ()) -> Split:
+               strata: dict[str, str] | None = None, fractions: Sequence[float] = (),
+               linked: Iterable[Iterable[str]] = ()) -> Split:
     """Split patients into train/val/test with `cfg.seed`.
 
     `test_patient_ids` (a separate test root): test = those and `cfg.n_test` is ignored. `strata`: patient id
     -> group used to stratify; ignored unless every patient has one. `fractions`: also draw nested training
-    subsets (see `nested_fractions`).
+    subsets (see `nested_fractions`). `linked`: groups of patients that must land on the same side (e.g. ACDC
+    patient074 and patient076 hold identical images, see `duplicate_patients`); each group follows its member
+    drawn first, so a side may hold one or two patients more than asked for.
     """
     pool = sorted(set(patient_ids))
     rng = np.random.default_rng([int(cfg.seed), 0])
@@ -97,18 +100,49 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
         test = sorted(order[:n_test])
     val = sorted(order[n_test:n_test + n_val])
     train = sorted(order[n_test + n_val:])
+    groups = [set(g) & set(pool) for g in linked]
+    groups = [g for g in groups if len(g) > 1]
+    if groups:
+        sides = [set(test), set(val), set(train)]
+        rank = {pid: i for i, pid in enumerate(order)}
+        for group in groups:
+            first = min(group, key=lambda pid: rank.get(pid, -1))  # a separate root's test patients come first
+            target = next(side for side in sides if first in side)
+            for side in sides:
+                side -= group
+            target |= group
+        test, val, train = (sorted(side) for side in sides)
+        if not val or not train:
+            raise ValueError(f"split: keeping linked patients {[sorted(g) for g in groups]} together left no "
+                             f"{'validation' if not val else 'training'} patient; raise n_val")
     split = Split(train=train, val=val, test=test, seed=int(cfg.seed))
     if fractions:
-        split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata)
+        split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata, linked=groups)
     return split
 
 
+def duplicate_patients(image_hashes: dict[str, Iterable[str]]) -> list[set[str]]:
+    """Groups of patients that share an identical image file (by content hash): these must never be split
+    across train and test. (In ACDC, patient074 and patient076 hold the same images with different masks.)"""
+    owners: dict[str, set[str]] = defaultdict(set)
+    for pid, hashes in image_hashes.items():
+        for h in hashes:
+            owners[h].add(pid)
+    groups: list[set[str]] = []
+    for shared in (o for o in owners.values() if len(o) > 1):
+        overlapping = [g for g in groups if g & shared]
+        merged = set(shared).union(*overlapping)
+        groups = [g for g in groups if not g & shared] + [merged]
+    return sorted(groups, key=lambda g: sorted(g))
+
+
 def nested_fractions(train_ids: Iterable[str], fractions: list[float], seed: int, *,
-                     strata: dict[str, str] | None = None) -> dict[str, list[str]]:
+                     strata: dict[str, str] | None = None,
+                     linked: Iterable[set[str]] = ()) -> dict[str, list[str]]:
     """Training subsets by fraction, nested by construction (10 % inside 25 % inside ...).
 
     One fixed (stratified when `strata` covers every id) order of the training patients; fraction f takes
-    its first max(1, round(f * n)) patients.
+    its first max(1, round(f * n)) patients, plus the `linked` partners of those (still nested).
     """
     ids = sorted(set(train_ids))
     if not ids:
@@ -117,7 +151,16 @@ def nested_fractions(train_ids: Iterable[str], fractions: list[float], seed: int
         if not 0.0 < float(f) <= 1.0:
             raise ValueError(f"nested_fractions: fraction {f} must be in (0, 1]")
     order = stratified_order(ids, np.random.default_rng([int(seed), 1]), strata)
-    return {fraction_key(f): sorted(order[:max(1, int(round(float(f) * len(ids))))])
+    linked = [set(g) for g in linked]
+
+    def closure(chosen: list[str]) -> list[str]:
+        out = set(chosen)
+        for group in linked:
+            if out & group:
+                out |= group & set(ids)
+        return sorted(out)
+
+    return {fraction_key(f): closure(order[:max(1, int(round(float(f) * len(ids))))])
             for f in sorted(fractions, key=float)}
 
 

@@ -19,9 +19,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from data.io import write_text
+
+if TYPE_CHECKING:
+    from segmentation.runtime import DistributedContext
 
 MANIFEST = "manifest.json"
 DONE = "done.json"
@@ -66,23 +69,34 @@ def unit_done(unit_dir: Path, key: str) -> dict[str, Any] | None:
     return _record_with_key(Path(unit_dir) / DONE, key)
 
 
-def run_unit(unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run `work(unit_dir)` unless already done with this key; resume if started with it; reset if stale."""
+def run_unit(unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]], *,
+             ctx: "DistributedContext | None" = None) -> dict[str, Any]:
+    """Run `work(unit_dir)` unless already done with this key; resume if started with it; reset if stale.
+
+    With a distributed `ctx`, every process runs `work` together (a DDP training) and rank 0 alone does the
+    bookkeeping (reset, .started, done.json), the others waiting for it before and after."""
     unit_dir = Path(unit_dir)
     record = unit_done(unit_dir, key)
     if record is not None:
         return record["result"]
-    started = unit_dir / STARTED
-    if unit_dir.exists():
-        previous = started.read_text().strip() if started.is_file() else None
-        if previous != key:
-            shutil.rmtree(unit_dir)
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    if not started.is_file():
-        write_text(started, key)
+    main = ctx is None or ctx.is_main
+    if main:
+        started = unit_dir / STARTED
+        if unit_dir.exists():
+            previous = started.read_text().strip() if started.is_file() else None
+            if previous != key:
+                shutil.rmtree(unit_dir)
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        if not started.is_file():
+            write_text(started, key)
+    if ctx is not None:
+        ctx.barrier()
     t0 = time.perf_counter()
     result = work(unit_dir)
-    write_json(unit_dir / DONE, {"key": key, "result": result, "wall_s": round(time.perf_counter() - t0, 2)})
+    if main:
+        write_json(unit_dir / DONE, {"key": key, "result": result, "wall_s": round(time.perf_counter() - t0, 2)})
+    if ctx is not None:
+        ctx.barrier()
     return result
 
 

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a relaunch under torchrun repeats
     try:
         return int(args.func(args) or 0)
     except (DataError, ConfigError) as exc:  # bad input: one clear line, no traceback

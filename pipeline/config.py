@@ -21,7 +21,7 @@ import yaml
 from data.config import DataConfig
 from pipeline.errors import ConfigError
 from segmentation.config import SegmentationConfig
-from synthesis.config import SynthesisConfig
+from synthesis.config import QualityConfig, SynthesisConfig
 
 ARMS = ("real", "real+synthetic", "synthetic")
 
@@ -40,6 +40,23 @@ class ExperimentConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How many processes run the training stages (PyTorch distributed, torchrun)."""
+
+    nproc_per_node: int = field(default=1, metadata={
+        "min": 1, "max": 256, "help": "processes on this machine: > 1 makes `cmr-synth run` start itself under "
+                                      "`torchrun --standalone` (one process per GPU; gloo on CPU). Started by "
+                                      "you under torchrun (e.g. --nnodes for several machines), this is ignored"})
+    mode: str = field(default="ddp", metadata={
+        "choices": ["ddp", "sweep"],
+        "help": "ddp: every generator/segmenter trains on all processes (DistributedDataParallel, the global "
+                "batch split between them); sweep: the independent units (fraction x arm x seed, generators) are "
+                "spread over the processes, each trained by one process on its own GPU"})
+    timeout_min: float = field(default=720.0, metadata={
+        "min_exclusive": 0.0, "help": "minutes a process waits for the others (e.g. while rank 0 evaluates)"})
+
+
+@dataclass
 class PipelineConfig:
     run_dir: str = field(default="runs/quick", metadata={"help": "where every stage writes its outputs"})
     profile: str = field(default="quick", metadata={"help": "profile of the YAML applied over the base settings"})
@@ -47,6 +64,8 @@ class PipelineConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 # ----------------------------------------------------------------------------------------------- loading

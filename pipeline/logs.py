@@ -34,13 +34,23 @@ class _WarningFilter(logging.Filter):
         return not (self.console and "slices without labels" in record.msg)
 
 
-def setup_logging(run_dir: Path, level: int = logging.INFO) -> logging.Logger:
-    """Log to the console and append to RUN_DIR/run.log (a resumed run continues the same file)."""
+def setup_logging(run_dir: Path, level: int = logging.INFO, *, rank: int = 0) -> logging.Logger:
+    """Log to the console and append to RUN_DIR/run.log (a resumed run continues the same file).
+
+    Under torchrun only rank 0 logs like this; the other processes print their warnings and errors only,
+    prefixed with their rank, and never touch run.log."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    if rank != 0:
+        console = _TqdmHandler()
+        console.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+        logger.addHandler(console)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        return logger
     run_dir.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(run_dir / "run.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

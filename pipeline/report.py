@@ -65,13 +65,19 @@ class _Doc:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
-        png = buf.getvalue()
+        self._embed(buf.getvalue(), name, caption)
+
+    def _embed(self, png: bytes, name: str, caption: str) -> None:
         with open(self.out_dir / "figures" / f"{name}.png", "wb") as fh:
             fh.write(png)
         data = base64.b64encode(png).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         self.md.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
+
+    def image(self, path: Path, name: str, caption: str) -> None:
+        """An existing PNG of the run (e.g. the quality stage's grids), embedded like a figure."""
+        self._embed(Path(path).read_bytes(), name, caption)
 
     def code(self, text: str) -> None:
         self.html.append(f"<pre>{html.escape(text)}</pre>")
@@ -153,6 +159,8 @@ def write_report(run: "Run") -> dict[str, Path]:
     doc.para("Every summary figure, identical to evaluate/summary.csv:")
     doc.table(summary)
 
+    _quality_section(doc, run)
+
     doc.heading("How it was run")
     doc.table(_timings(run))
     doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in _environment().items()]))
@@ -164,6 +172,44 @@ def write_report(run: "Run") -> dict[str, Path]:
                                                     f"</body></html>\n")
     md_path = write_text(out_dir / "report.md", "\n".join(doc.md))
     return {"html": html_path, "md": md_path}
+
+
+QUALITY_COLUMNS = {
+    "generator": "set", "consistency_dice_mean": "seg. consistency Dice", "consistency_gap": "gap to real",
+    "fd": "Fréchet dist.", "fd_noise_floor": "FD noise floor", "kid_mean": "KID", "memorised_fraction": "memorised",
+    "memorisation_flagged": "flagged", "nn_ssim_median": "NN SSIM (median)", "diversity_l1": "style diversity L1",
+    "diversity_ratio": "within/between styles", "intensity_LV_mean": "LV mean", "intensity_MYO_mean": "MYO mean",
+    "intensity_RV_mean": "RV mean",
+}
+
+
+def _quality_section(doc: _Doc, run: "Run") -> None:
+    table = read_table(run.stage_dir("quality") / "quality.csv")
+    if table.empty:
+        return
+    doc.heading("Synthetic data quality")
+    doc.para("Judge: the real arm's segmenter (first seed) at each fraction. Row 'real': the real validation images "
+             "scored exactly like a generator's output, i.e. what a perfect generator would get at these set sizes. "
+             "Segmentation consistency: 3D Dice of the judge on images synthesised from the validation masks "
+             "(gap = real-image Dice minus it). Fréchet distance and KID: in the judge's encoder features (global "
+             "average pooled output of every encoder level and the bottleneck), synthetic vs real training slices; "
+             "noise floor = the same distance between two disjoint patient halves of the real training slices. "
+             "Memorised: fraction of synthetic slices closer (normalised L2) to a training slice than any two "
+             "real patients' slices are; flagged above the configured fraction. Diversity: mean |difference| between "
+             "style seeds of the same mask, and its ratio to the difference between masks (about 0 = style ignored). "
+             "Intensities: mean of each structure's pixels in [0, 1]. All columns: quality/quality.csv.")
+    for fraction, at in table.groupby("fraction", sort=True):
+        shown = at[[c for c in QUALITY_COLUMNS if c in at.columns]].rename(columns=QUALITY_COLUMNS)
+        doc.para(f"Fraction {fraction:g} of the real training patients:")
+        doc.table(shown)
+    fraction = min(table["fraction"])
+    unit = run.stage_dir("quality") / f"f{fraction:g}"
+    for name in run.cfg.experiment.generators:
+        for kind, caption in (("styles", "one held-out mask per column, one style seed per row"),
+                              ("pairs", "closest synthetic slices (top) and their nearest real training slices")):
+            path = unit / f"{kind}_{name}.png"
+            if path.is_file():
+                doc.image(path, f"quality_{kind}_{name}", f"{name} (fraction {fraction:g}): {caption}.")
 
 
 def headline_table(run: "Run") -> str:
@@ -329,7 +375,7 @@ def _boxplots(per_case: pd.DataFrame) -> plt.Figure:
 
 def _timings(run: "Run") -> pd.DataFrame:
     rows = []
-    for stage in ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate"):
+    for stage in ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality"):
         path = run.stage_dir(stage) / "manifest.json"
         if path.is_file():
             record = read_json(path)

@@ -1,4 +1,5 @@
-"""The experiment, stage by stage: prepare -> train_generator -> synthesize -> train_segmenters -> evaluate -> report.
+"""The experiment, stage by stage: prepare -> train_generator -> synthesize -> train_segmenters -> evaluate ->
+quality -> report.
 
 Only wiring lives here: which cases go where, what each unit's cache key is made of, and where outputs land.
 Every stage writes into RUN_DIR/<stage>/ and ends with a manifest.json; its units are cached and resumed by
@@ -19,11 +20,13 @@ import pandas as pd
 from data.config import TestSetConfig
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
-                            write_stage_manifest)
+                            unit_done, write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.logs import get_logger
+from segmentation.runtime import DistributedContext
 
-STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "report")
+STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
+TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
 
 @dataclass
@@ -47,7 +50,38 @@ class Run:
     run_dir: Path
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    ctx: DistributedContext = field(default_factory=DistributedContext)
+    # How units of the current stage use the processes: "ddp" (all train each unit together), "sweep" (units
+    # dealt out, each trained by one process), "collect" (all done: read results), "solo" (rank 0 alone).
+    mode: str = "ddp"
+    _units_seen: int = 0
     _extra_cases: dict[str, list[PreparedCase]] = field(default_factory=dict, repr=False)
+
+    def unit(self, unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]], *,
+             ddp: bool = True) -> dict[str, Any]:
+        """`run_unit` with this run's processes. `ddp=False`: a unit that gains nothing from several processes
+        (e.g. fitting the GMM) is done by rank 0 and its result handed to the others."""
+        ctx = self.ctx
+        if not ctx.is_distributed or self.mode == "solo":
+            return run_unit(unit_dir, key, work)
+        if self.mode == "collect":
+            record = unit_done(unit_dir, key)
+            if record is None:
+                raise RuntimeError(f"{unit_dir}: not finished by the process it was dealt to")
+            return record["result"]
+        if self.mode == "sweep":
+            index, self._units_seen = self._units_seen, self._units_seen + 1
+            return run_unit(unit_dir, key, work) if index % ctx.world_size == ctx.rank else {}
+        if not ddp:
+            return ctx.main_then_broadcast(lambda: run_unit(unit_dir, key, work))
+        return run_unit(unit_dir, key, work, ctx=ctx)
+
+    def train_context(self) -> DistributedContext | None:
+        """What a trainer is told about the processes: all of them under ddp, only itself in a sweep (on this
+        process's device), None (the trainer's own default) in a single process."""
+        if not self.ctx.is_distributed:
+            return None
+        return self.ctx if self.mode == "ddp" else DistributedContext(device=self.ctx.device)
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -121,9 +155,9 @@ class Run:
 
 # ------------------------------------------------------------------------------------------------ stages
 def prepare(run: Run) -> dict[str, Any]:
-    from data.cache import prepare_cases
+    from data.cache import prepare_cases, voxel_sha1
     from data.layouts import list_cases
-    from data.splits import make_split, write_split
+    from data.splits import duplicate_patients, make_split, write_split
 
     cfg, log = run.cfg, get_logger()
     stage_dir = run.stage_dir("prepare")
@@ -131,16 +165,23 @@ def prepare(run: Run) -> dict[str, Any]:
         from data.phantom import PHANTOM_VERSION, write_phantom
 
         key = stable_hash("phantom", PHANTOM_VERSION, cfg.data.phantom_patients, cfg.data.phantom_seed)
-        run_unit(stage_dir / "phantom", key, lambda d: {"patients": len(
+        run.unit(stage_dir / "phantom", key, lambda d: {"patients": len(
             write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed))})
         log.info(f"phantom: {cfg.data.phantom_patients} patients in {run.data_root}")
     refs = list_cases(run.data_root, cfg.data.layout)
     test_refs = list_cases(run.test_root, cfg.data.layout) if cfg.data.test_root else []
     strata = {r.patient_id: str(r.metadata.get(cfg.data.split.stratify_by, ""))
               for r in refs} if cfg.data.split.stratify_by else None
+    hashes: dict[str, list[str]] = {}
+    for ref in refs:
+        hashes.setdefault(ref.patient_id, []).append(voxel_sha1(ref.image_path))
+    linked = duplicate_patients(hashes)
+    for group in linked:
+        log.warning(f"patients {', '.join(sorted(group))} share identical image files: kept on one side of the "
+                    f"split")
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
-                       fractions=cfg.experiment.fractions)
+                       fractions=cfg.experiment.fractions, linked=linked)
     write_split(stage_dir / "splits.json", split)
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
@@ -152,7 +193,7 @@ def prepare(run: Run) -> dict[str, Any]:
 
             key = stable_hash("phantom", PHANTOM_VERSION, test_set.phantom_patients, test_set.phantom_seed,
                               test_set.phantom_style)
-            run_unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
+            run.unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
                 d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})
         extra[test_set.name] = len(run.extra_cases(test_set))
         log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
@@ -179,6 +220,7 @@ def prepare_key(run: Run) -> str:
 
 def train_generator(run: Run) -> dict[str, Any]:
     from synthesis.base import build_generator
+    from synthesis.train import LearnedGenerator
 
     results = {}
     for fraction in run.cfg.experiment.fractions:
@@ -190,15 +232,19 @@ def train_generator(run: Run) -> dict[str, Any]:
 
             def work(unit_dir: Path, name=name, gen_cfg=gen_cfg) -> dict[str, Any]:
                 generator = build_generator(name, gen_cfg)
-                figures = generator.fit(masks, images, unit_dir, seed=run.cfg.synthesis.seed)
-                generator.save(unit_dir / "generator.pt")
+                figures = generator.fit(masks, images, unit_dir, seed=run.cfg.synthesis.seed,
+                                        dist=run.train_context())
+                if run.ctx.is_main or run.mode == "sweep":
+                    generator.save(unit_dir / "generator.pt")
                 return dict(figures or {}, slices=int(len(masks)))
 
             unit = f"f{fraction:g}/{name}"
             key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, to_dict(gen_cfg),
                               run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
-            results[unit] = {"key": key, **run_unit(run.stage_dir("train_generator") / unit, key, work)}
+            learned = isinstance(build_generator(name, gen_cfg), LearnedGenerator)
+            results[unit] = {"key": key, **run.unit(run.stage_dir("train_generator") / unit, key, work,
+                                                    ddp=learned)}
     return results
 
 
@@ -226,7 +272,7 @@ def synthesize(run: Run) -> dict[str, Any]:
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
             key = stable_hash(gen_unit["key"], to_dict(scfg))
-            results[unit] = {"key": key, **run_unit(run.stage_dir("synthesize") / unit, key, work)}
+            results[unit] = {"key": key, **run.unit(run.stage_dir("synthesize") / unit, key, work)}
     return results
 
 
@@ -253,13 +299,14 @@ def train_segmenters(run: Run) -> dict[str, Any]:
         def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator) if seg.generator else None
             result = train_segmenter(seg.arm, real_cases, val_cases, run.cfg.segmentation, unit_dir,
-                                     synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess)
+                                     synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
+                                     dist=run.train_context())
             return _plain(result)
 
         key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
                           dataclasses.asdict(seg), to_dict(run.cfg.segmentation), synth_key)
         get_logger().info(f"train_segmenters {seg.name}")
-        results[seg.name] = {"key": key, **run_unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
+        results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
     return results
 
 
@@ -295,7 +342,7 @@ def evaluate(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
                           run.keys["prepare"])
-        run_unit(stage_dir / seg.name, key, work)
+        run.unit(stage_dir / seg.name, key, work)
         for name, found in frames.items():
             found.append(read_table(stage_dir / seg.name / name))
     per_case = pd.concat(frames["per_case.csv"], ignore_index=True)
@@ -310,6 +357,58 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
 
 
+def quality(run: Run) -> dict[str, Any]:
+    """Per fraction: every generator's synthetic images judged by the real arm's segmenter (first seed) on the
+    validation patients' masks (quality.csv; closest-pair and style grids for the report)."""
+    from data.io import write_csv
+    from pipeline.report import read_table
+    from segmentation.model import load_model
+    from synthesis.base import load_generator, save_sample_grid
+    from synthesis.quality import build_reference, evaluate_generator, reference_row, save_pairs_grid
+
+    stage_dir, qcfg = run.stage_dir("quality"), run.cfg.quality
+    trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
+    generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
+    val_cases = run.patient_cases(run.split["val"])
+    frames = []
+    for fraction in run.cfg.experiment.fractions:
+        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0])
+        units = {name: f"f{fraction:g}/{name}" for name in run.cfg.experiment.generators}
+
+        def work(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:
+            model, _ = load_model(run.stage_dir("train_segmenters") / judge.name / "best.pt")
+            train_cases = run.patient_cases(run.fraction_patients(fraction))
+            reference = build_reference(model, val_cases, train_cases, qcfg)
+            rows = [reference_row(reference).row]
+            for name, unit in units.items():
+                generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
+                result = evaluate_generator(generator, reference, name)
+                rows.append(result.row)
+                save_pairs_grid(unit_dir / f"pairs_{name}.png", result.images, reference.index.images, result.pairs,
+                                title=f"{name}: closest synthetic / real-training pairs")
+                if result.style_samples is not None:
+                    save_sample_grid(unit_dir / f"styles_{name}.png", reference.diversity_masks,
+                                     {f"style {i}": s for i, s in enumerate(result.style_samples)},
+                                     title=f"{name}: one held-out mask per column, one style seed per row")
+            frame = pd.DataFrame(rows)
+            frame.insert(0, "fraction", fraction)
+            frame.insert(2, "judge", judge.name)
+            write_csv(frame, unit_dir / "quality.csv")
+            return {"rows": len(frame), "flagged": frame.loc[frame["memorisation_flagged"].astype(bool),
+                                                             "generator"].tolist()}
+
+        key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
+                          run.split["val"], to_dict(qcfg))
+        result = run.unit(stage_dir / f"f{fraction:g}", key, work)
+        for name in result.get("flagged", []):
+            get_logger().warning(f"quality: generator {name!r} at fraction {fraction:g} is flagged as memorising "
+                                 f"its training images (see quality/quality.csv)")
+        frames.append(read_table(stage_dir / f"f{fraction:g}" / "quality.csv"))
+    table = pd.concat(frames, ignore_index=True)
+    write_csv(table, stage_dir / "quality.csv")
+    return {"rows": int(len(table))}
+
+
 def report(run: Run) -> dict[str, Any]:
     from pipeline.report import write_report
 
@@ -319,7 +418,7 @@ def report(run: Run) -> dict[str, Any]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "prepare": prepare, "train_generator": train_generator, "synthesize": synthesize,
-    "train_segmenters": train_segmenters, "evaluate": evaluate, "report": report,
+    "train_segmenters": train_segmenters, "evaluate": evaluate, "quality": quality, "report": report,
 }
 
 
@@ -331,14 +430,15 @@ def stage_config(run: Run, stage: str) -> Any:
         "train_generator": lambda: {"synthesis": to_dict(cfg.synthesis), "generators": cfg.experiment.generators},
         "synthesize": lambda: to_dict(cfg.synthesis),
         "train_segmenters": lambda: {"segmentation": to_dict(cfg.segmentation), "experiment": to_dict(cfg.experiment)},
-        "evaluate": lambda: to_dict(cfg.experiment),
+        "evaluate": lambda: {"experiment": to_dict(cfg.experiment), "extra_test_sets": to_dict(cfg.data.extra_test_sets)},
+        "quality": lambda: {"quality": to_dict(cfg.quality), "experiment": to_dict(cfg.experiment)},
         "report": lambda: {"profile": cfg.profile},
     }[stage]()
 
 
 UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("train_generator",),
             "train_segmenters": ("prepare", "synthesize"), "evaluate": ("train_segmenters",),
-            "report": ("evaluate",)}
+            "quality": ("train_generator", "train_segmenters"), "report": ("evaluate", "quality")}
 
 
 def stage_key(run: Run, stage: str) -> str:
@@ -353,19 +453,44 @@ def upstream_keys(run: Run, stage: str) -> dict[str, str]:
 
 
 def needed_stages(cfg: PipelineConfig) -> list[str]:
-    uses_synthesis = any(arm != "real" for arm in cfg.experiment.arms)
-    return [s for s in STAGES if uses_synthesis or s not in ("train_generator", "synthesize")]
+    """A real-only sweep has no synthesis stages. The quality stage needs generators, the real arm (its
+    segmenter judges the images) and `quality.enabled`; with arms [real] and generators listed, the generators
+    are trained and judged without synthesising data sets or training on them (a quality-only study)."""
+    exp = cfg.experiment
+    uses_synthesis = any(arm != "real" for arm in exp.arms)
+    judged = bool(exp.generators) and "real" in exp.arms and cfg.quality.enabled
+    skip = set() if uses_synthesis else {"synthesize"}
+    if not (uses_synthesis or judged):
+        skip.add("train_generator")
+    if not judged:
+        skip.add("quality")
+    return [s for s in STAGES if s not in skip]
 
 
 def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = ()) -> Run:
-    """Run (or resume) the stages in order; a current stage is skipped, a stale or forced one re-runs."""
+    """Run (or resume) the stages in order; a current stage is skipped, a stale or forced one re-runs.
+
+    Under torchrun every process calls this: the training stages use all of them (`launch.mode`), the other
+    stages run on rank 0 while the rest wait, and only rank 0 writes manifests. After the last training
+    stage the process group is closed and rank 0 goes on alone (evaluation, quality, report): MONAI's
+    metrics would otherwise try to gather their buffers from processes that are not evaluating."""
     log = get_logger()
-    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir))
+    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg))
     wanted = stages or needed_stages(cfg)
-    for stage in needed_stages(cfg):
+    needed = needed_stages(cfg)
+    for i, stage in enumerate(needed):
+        if run.ctx.is_distributed and not set(needed[i:]) & set(TRAINING_STAGES):
+            from segmentation.runtime import shutdown_distributed
+
+            run.ctx.barrier()
+            shutdown_distributed()
+            if not run.ctx.is_main:
+                return run
+            run.ctx = DistributedContext(device=run.ctx.device)
         stage_dir = run.stage_dir(stage)
-        if stage in force:
+        if stage in force and run.ctx.is_main:
             invalidate_stage(stage_dir)
+        run.ctx.barrier()
         key = stage_key(run, stage)
         run.keys[stage] = key
         if stage_current(stage_dir, key) is not None:
@@ -374,18 +499,54 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
         if stage not in wanted:
             raise RuntimeError(f"stage {stage!r} is needed by {wanted} but is not up to date; run it first "
                                f"(add it to --stages)")
-        log.info(f"[{stage}] running")
+        log.info(f"[{stage}] running" + (f" on {run.ctx.world_size} processes ({cfg.launch.mode})"
+                                         if run.ctx.is_distributed and stage in TRAINING_STAGES else ""))
         t0 = time.perf_counter()
-        results = STAGE_FUNCTIONS[stage](run)
+        results = _run_stage(run, stage)
         wall = round(time.perf_counter() - t0, 2)
         run.timings[stage] = wall
-        write_stage_manifest(stage_dir, StageRecord(
-            stage=stage, key=key, config=stage_config(run, stage),
-            inputs=upstream_keys(run, stage), results=results, wall_s=wall))
+        if run.ctx.is_main:
+            write_stage_manifest(stage_dir, StageRecord(
+                stage=stage, key=key, config=stage_config(run, stage),
+                inputs=upstream_keys(run, stage), results=results, wall_s=wall))
+        run.ctx.barrier()
         log.info(f"[{stage}] done in {wall:.1f} s")
         if stage == wanted[-1]:
             break
     return run
+
+
+def distributed_context(cfg: PipelineConfig) -> DistributedContext:
+    """This process's place among torchrun's processes (a single-process context without torchrun)."""
+    import os
+    from datetime import timedelta
+
+    from segmentation.runtime import init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistributedContext()
+    return init_distributed(cfg.segmentation.device, key="segmentation.device",
+                            timeout=timedelta(minutes=cfg.launch.timeout_min))
+
+
+def _run_stage(run: Run, stage: str) -> dict[str, Any]:
+    stage_fn = STAGE_FUNCTIONS[stage]
+    if not run.ctx.is_distributed:
+        return stage_fn(run)
+    try:
+        if stage not in TRAINING_STAGES:
+            run.mode = "solo"
+            return run.ctx.main_then_broadcast(lambda: stage_fn(run))
+        if run.cfg.launch.mode == "ddp":
+            run.mode = "ddp"
+            return stage_fn(run)
+        run.mode, run._units_seen = "sweep", 0
+        stage_fn(run)  # this process's share of the units
+        run.ctx.barrier()
+        run.mode = "collect"
+        return stage_fn(run)  # every unit is done now: gather their results in order
+    finally:
+        run.mode = "ddp"
 
 
 def _plain(result: Any) -> dict[str, Any]:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from pipeline.run import STAGES
@@ -29,19 +33,29 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = load_config(args.config, profile=args.profile, overrides=overrides)
+    if cfg.launch.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(cfg.launch.nproc_per_node, args.argv)
     stages = None
     if args.stages:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    log = setup_logging(Path(cfg.run_dir))
+    log = setup_logging(Path(cfg.run_dir), rank=int(os.environ.get("RANK", "0")))
     log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
     run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
     report = Path(cfg.run_dir) / "report" / "report.html"
-    if report.is_file():
+    if report.is_file() and run.ctx.is_main:
         from pipeline.report import headline_table
 
         print(headline_table(run))
         print(f"\nreport: {report.resolve()}")
     return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Start the same command under `torchrun --standalone` with `nproc` processes on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pipeline", *argv]
+    print(f"launch.nproc_per_node = {nproc}: {shlex.join(cmd)}", flush=True)
+    return subprocess.call(cmd)

@@ -24,7 +24,10 @@ class SegmentationConfig:
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9, "help": "dropout probability"})
 
     # --- optimisation --------------------------------------------------------------------------------
-    batch_size: int = field(default=16, metadata={"min": 1, "max": 4096, "help": "2D slices per optimisation step"})
+    batch_size: int = field(default=16, metadata={
+        "min": 1, "max": 4096,
+        "help": "2D slices per optimisation step: the global batch, split equally over the processes of a "
+                "torchrun (DDP) run"})
     steps: int = field(default=2000, metadata={"min": 1, "help": "total optimisation steps (the same for every arm)"})
     lr: float = field(default=1e-3, metadata={"min": 0.0, "max": 1.0, "help": "peak learning rate"})
     weight_decay: float = field(default=1e-5, metadata={"min": 0.0, "max": 1.0, "help": "weight decay"})
@@ -71,8 +74,20 @@ class SegmentationConfig:
     # --- runtime -------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda"],
                         "help": "where to train and predict (auto: cuda when available)"})
-    amp_bf16: bool = field(default=False, metadata={
-        "help": "bfloat16 autocast (CPU: only where the CPU supports it); off by default so that runs "
-                "are bit-for-bit reproducible"})
+    amp: str = field(default="none", metadata={
+        "choices": ["none", "bf16", "fp16"],
+        "help": "mixed-precision autocast of training and validation: bf16 (CPU: only where the CPU supports "
+                "it natively) or fp16 (CUDA only, with gradient scaling; validation then runs in float32); off "
+                "by default so that runs are bit-for-bit reproducible"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory format for the network and batches (faster convolutions on tensor-core "
+                "GPUs)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the training network (tried once at start-up; falls back to eager with a "
+                "warning if it fails)"})
+    pin_memory: str = field(default="auto", metadata={
+        "choices": ["auto", "on", "off"],
+        "help": "page-locked host memory for the training batches, so copies to the GPU overlap compute "
+                "(auto: on when training on cuda)"})
     deterministic: bool = field(default=True, metadata={
         "help": "seed everything and use deterministic algorithms: the same seed gives the same numbers"})

@@ -11,8 +11,10 @@ One function, `make_train_stream`, builds the stream for every arm, so the arms 
 
 Within a source, slices are drawn with replacement, uniformly except that slices with an empty mask get
 weight `1 - drop_empty_prob`. There are no epochs: batch `step` is a pure function of `(seed, step)`
-(`TrainStream.plan`), including the seed of the batch's augmentation. A training run killed at any step
-therefore resumes with exactly the batches it would have seen, whatever the number of worker processes.
+(`TrainStream.plan`), including one augmentation seed per sample. A training run killed at any step
+therefore resumes with exactly the batches it would have seen, whatever the number of worker processes; and
+under distributed training (`loader(rank=, world_size=)`) each process takes its contiguous share of every
+batch, sample for sample identical to the same positions of a single-process run.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai.transforms import (Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandFlipd,
-                              RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd)
+                              RandGaussianNoised, Randomizable, RandScaleIntensityd, RandShiftIntensityd)
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.types import DataError, PreparedCase
@@ -34,7 +36,7 @@ ARMS = ("real", "real+synthetic", "synthetic")
 SOURCES = ("real", "synthetic")  # index = the `source` value of a sample
 REAL, SYNTHETIC = 0, 1
 
-SampleKey = tuple[int, int, int]  # (source, slice index in that source, augmentation seed of its batch)
+SampleKey = tuple[int, int, int]  # (source, slice index in that source, augmentation seed of this sample)
 
 
 @dataclass
@@ -105,6 +107,15 @@ class TrainStream(Dataset):
         self.batch_size = int(cfg.batch_size)
         self.spatial_size = tuple(next(iter(pools.values())).images.shape[1:])
         self.transforms = build_train_transforms(cfg, self.spatial_size)
+        # Every random transform draws from this one generator, re-seeded per sample: a sample's augmentation
+        # then depends on its own seed only (not on the samples before it in the batch), and re-seeding an
+        # existing RandomState costs microseconds where MONAI's set_random_state(seed) builds a new one per
+        # transform (~1 ms per sample).
+        self.random_state = np.random.RandomState()
+        if self.transforms is not None:
+            for transform in self.transforms.transforms:
+                if isinstance(transform, Randomizable):
+                    transform.set_random_state(state=self.random_state)
 
     def n_synthetic(self, rng: np.random.Generator) -> int:
         """Synthetic samples in one batch (see module docstring)."""
@@ -118,8 +129,7 @@ class TrainStream(Dataset):
     def plan(self, step: int) -> list[SampleKey]:
         """The samples of batch `step` (0-based): a pure function of (seed, step).
 
-        All keys of a batch carry the same augmentation seed: the batch is fetched in one piece
-        (`__getitems__`), the transforms are seeded once and then applied to the samples in order.
+        Each key carries its own augmentation seed, so any share of the batch can be fetched on its own.
         """
         rng = np.random.default_rng([self.seed, int(step)])
         n_syn = self.n_synthetic(rng)
@@ -128,8 +138,13 @@ class TrainStream(Dataset):
             if count:
                 pool = self.pools[source]
                 keys += [(source, int(i)) for i in rng.choice(len(pool), size=count, p=pool.probs)]
-        aug_seed = int(rng.integers(0, 2**31 - 1))
-        return [(source, index, aug_seed) for source, index in keys]
+        aug_seeds = rng.integers(0, 2**31 - 1, size=len(keys))
+        return [(source, index, int(aug_seed)) for (source, index), aug_seed in zip(keys, aug_seeds)]
+
+    def shard(self, step: int, rank: int = 0, world_size: int = 1) -> list[SampleKey]:
+        """Rank `rank`'s contiguous share of `plan(step)` (batch_size must be divisible by world_size)."""
+        share = self.batch_size // world_size
+        return self.plan(step)[rank * share:(rank + 1) * share]
 
     def __len__(self) -> int:  # samples per step x steps; only for DataLoader's bookkeeping
         return self.batch_size * self.cfg.steps
@@ -138,16 +153,15 @@ class TrainStream(Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: Sequence[SampleKey]) -> list[dict[str, torch.Tensor | int]]:
-        """One batch (DataLoader calls this with a whole `plan(step)`)."""
-        if self.transforms is not None:
-            self.transforms.set_random_state(seed=keys[0][2])
+        """One batch (DataLoader calls this with a whole `shard(step, ...)`)."""
         samples = []
         # Small per-slice ops: one thread (DataLoader workers have one anyway), plain tensors (no MONAI metadata).
         with torch_threads(1), without_meta():
-            for source, index, _ in keys:
+            for source, index, aug_seed in keys:
                 pool = self.pools[source]
                 sample = {"image": pool.images[index][None], "label": pool.masks[index][None]}
                 if self.transforms is not None:
+                    self.random_state.seed(aug_seed)
                     sample = self.transforms(sample)
                     image, label = sample["image"].float(), sample["label"].round().to(torch.uint8)
                 else:
@@ -155,20 +169,26 @@ class TrainStream(Dataset):
                 samples.append({"image": image, "label": label, "source": source})
         return samples
 
-    def loader(self, start_step: int, stop_step: int, *, pin_memory: bool = False) -> DataLoader:
-        """Batches of steps [start_step, stop_step); the own generator keeps torch's global RNG untouched."""
-        return DataLoader(self, batch_sampler=_StepBatches(self, start_step, stop_step),
+    def loader(self, start_step: int, stop_step: int, *, rank: int = 0, world_size: int = 1,
+               pin_memory: bool = False) -> DataLoader:
+        """This rank's shares of the batches of steps [start_step, stop_step); the own generator keeps
+        torch's global RNG untouched."""
+        if self.batch_size % world_size:
+            raise ValueError(f"segmentation.batch_size = {self.batch_size} must be divisible by the number of "
+                             f"training processes ({world_size})")
+        return DataLoader(self, batch_sampler=_StepBatches(self, start_step, stop_step, rank, world_size),
                           num_workers=self.cfg.num_workers, pin_memory=pin_memory,
                           generator=torch.Generator().manual_seed(self.seed))
 
 
 class _StepBatches(Sampler):
-    def __init__(self, stream: TrainStream, start: int, stop: int):
+    def __init__(self, stream: TrainStream, start: int, stop: int, rank: int, world_size: int):
         self.stream, self.start, self.stop = stream, int(start), int(stop)
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
         for step in range(self.start, self.stop):
-            yield self.stream.plan(step)
+            yield self.stream.shard(step, self.rank, self.world_size)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)

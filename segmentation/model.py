@@ -91,13 +91,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: SegmentationConfig, step: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     best_dice: float = float("nan"), best_step: int = 0, arm: str = "", seed: int = 0,
-                    preprocess: PreprocessConfig | None = None) -> Path:
-    """torch.save to a temp file + os.replace: a kill never leaves a truncated checkpoint."""
+                    preprocess: PreprocessConfig | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> Path:
+    """torch.save to a temp file + os.replace: a kill never leaves a truncated checkpoint.
+
+    `model` is the bare network (not a DDP / torch.compile wrapper), so the keys load into `build_model`."""
     payload = {
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "step": int(step),
         "best_dice": float(best_dice),
         "best_step": int(best_step),

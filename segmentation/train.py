@@ -6,9 +6,18 @@ validation patients (3D Dice on the prepared grid, slices stacked), `best.pt` ke
 `last.pt` the latest; both are written atomically.
 
 Reproducibility: the network is initialised from `seed` alone, each batch is a pure function of
-(seed, step) and the checkpoint holds the optimiser, scheduler and every global RNG state. A run killed at
-any point and started again with the same arguments resumes from `last.pt` and ends with exactly the weights
-of an uninterrupted run (on CPU with `deterministic`; `metrics.csv` is cut back to the resumed step).
+(seed, step) and the checkpoint holds the optimiser, scheduler and every global RNG state; the torch RNG
+(dropout) restarts from (seed, step, rank) at every checkpoint step. A run killed at any point and started
+again with the same arguments resumes from `last.pt` and ends with exactly the weights of an uninterrupted
+run (on CPU with `deterministic`; `metrics.csv` is cut back to the resumed step).
+
+Distributed: under `torchrun --nproc_per_node=N` every process calls `train_segmenter` with the same
+arguments. Each takes an equal contiguous share of every global batch (`cfg.batch_size`, which must be
+divisible by N), DistributedDataParallel averages the gradients, so the update equals the single-process
+one on the whole batch (DiceCELoss is a per-sample mean; instance norm is per sample), up to floating-point
+rounding. Validation cases are split over the ranks and the scores gathered; only rank 0 writes files and
+shows a progress bar; every rank returns the same `TrainResult`. Only dropout differs from a single-process
+run: each rank draws its own masks.
 """
 from __future__ import annotations
 
@@ -18,11 +27,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from data.config import PreprocessConfig
@@ -33,9 +42,12 @@ from segmentation.datasets import make_train_stream
 from segmentation.evaluate import one_hot, predict_probabilities
 from segmentation.model import (build_loss, build_model, build_optimizer, build_scheduler, read_checkpoint,
                                 save_checkpoint, set_rng_state)
-from segmentation.runtime import bf16_autocast_available, determinism, resolve_device
+from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, determinism, grad_scaler,
+                                  init_distributed, training_module)
 
 METRICS_COLUMNS = ["step", "loss", "lr", "val_dice"]
+# Settings that may differ between a checkpoint and its resumption: where and how fast, not what is computed.
+RUNTIME_KEYS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last"})
 
 
 @dataclass
@@ -49,7 +61,7 @@ class TrainResult:
     resumed_from: int  # step of the `last.pt` this call started from (0 = fresh)
     wall_time_s: float  # this call, set-up and validation included
     train_time_s: float  # this call, optimisation steps only
-    samples_per_s: float  # training samples per second of train_time_s
+    samples_per_s: float  # training samples (global batch) per second of train_time_s
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -57,35 +69,48 @@ class TrainResult:
 
 def train_steps(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Iterator[dict], n_steps: int,
-                device: torch.device, *, autocast: bool = False) -> Iterator[tuple[float, float]]:
-    """Run `n_steps` optimisation steps; yields (loss, learning rate used) after each one."""
+                device: torch.device, *, dtype: torch.dtype | None = None,
+                scaler: torch.amp.GradScaler | None = None,
+                channels_last: bool = False) -> Iterator[tuple[float, float]]:
+    """Run `n_steps` optimisation steps; yields (loss, learning rate used) after each one.
+
+    `dtype`: autocast dtype (None = float32); `scaler`: loss scaling for float16."""
+    scaler = scaler if scaler is not None else grad_scaler(device, None)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
     for _ in range(n_steps):
         batch = next(batches)
-        images = batch["image"].to(device, non_blocking=True)
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         labels = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(device, dtype):
             loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         yield float(loss.detach()), lr
 
 
 def evaluate(model: torch.nn.Module, cases: Sequence[PreparedCase], batch_size: int = 16, *,
-             autocast: bool = False) -> dict[str, float]:
+             autocast: bool = False, ctx: DistributedContext | None = None) -> dict[str, float]:
     """3D Dice per structure on the prepared grid (slices predicted one by one, then stacked), mean over cases.
 
     Good enough to pick a checkpoint; the reported test metrics are computed on the original grid
     (`segmentation.evaluate`). Same empty-structure convention as there: both empty -> 1, one empty -> 0.
+    With a distributed `ctx` each rank predicts every world_size-th case and the per-case scores are
+    gathered, so every rank returns the numbers of a single process.
     """
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
-    for case in cases:
-        probs = predict_probabilities(model, case.image, batch_size, autocast=autocast)
-        metric(y_pred=one_hot(probs.argmax(axis=0)), y=one_hot(case.mask))
-    per_structure = metric.aggregate().cpu().numpy()
+    ctx = ctx or DistributedContext()
+    mine = {}
+    for i in range(ctx.rank, len(cases), ctx.world_size):
+        probs = predict_probabilities(model, cases[i].image, batch_size, autocast=autocast)
+        dice = compute_dice(one_hot(probs.argmax(axis=0)), one_hot(cases[i].mask), include_background=False,
+                            ignore_empty=False)
+        mine[i] = dice[0].cpu().numpy()
+    per_case = {i: scores for part in ctx.all_gather_objects(mine) for i, scores in part.items()}
+    per_structure = np.mean([per_case[i] for i in range(len(cases))], axis=0)
     scores = {name: float(v) for name, v in zip(STRUCTURES, per_structure)}
     scores["mean"] = float(np.mean(per_structure))
     return scores
@@ -98,50 +123,66 @@ def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cas
                     cfg: SegmentationConfig, out_dir: Path | str, *,
                     synthetic_cases: Sequence[PreparedCase] | None = None, seed: int = 0,
                     preprocess: PreprocessConfig | None = None, max_steps: int | None = None,
-                    progress: bool = True) -> TrainResult:
+                    progress: bool = True, dist: DistributedContext | None = None) -> TrainResult:
     """Train one segmenter for `cfg.steps` steps; resumes from `<out_dir>/last.pt` when it is there.
 
     `preprocess` is stored in the checkpoints so that `cmr-synth segment` can prepare new images the same
     way. `max_steps` stops after that many steps in total as if the process were killed there (no extra
-    checkpoint): for tests of resumption and for time-boxed runs.
+    checkpoint): for tests of resumption and for time-boxed runs. `dist`: the process's place in a
+    distributed run; by default `init_distributed(cfg.device)` (torchrun's environment, else one process).
     """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path, csv_path = out_dir / "best.pt", out_dir / "last.pt", out_dir / "metrics.csv"
     if not val_cases:
         raise ValueError("train_segmenter: val_cases is empty; validation needs real patients with masks")
     if any(c.mask is None for c in val_cases):
         raise ValueError("train_segmenter: every validation case needs a mask")
-    device = resolve_device(cfg.device)
-    autocast = bool(cfg.amp_bf16) and bf16_autocast_available(device)
+    ctx = dist if dist is not None else init_distributed(cfg.device, key="segmentation.device")
+    share = ctx.shard(cfg.batch_size, "segmentation.batch_size")
+    device = ctx.device
+    dtype = autocast_dtype(cfg.amp, device, "segmentation.amp")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    pin_memory = cfg.pin_memory == "on" or (cfg.pin_memory == "auto" and device.type == "cuda")
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     with determinism(seed, cfg.deterministic):
         stream = make_train_stream(arm, real_cases, synthetic_cases, cfg, seed)
-        model = build_model(cfg).to(device)  # same seed -> same initial weights in every arm
-        optimizer, loss_fn = build_optimizer(model, cfg), build_loss()
+        net = build_model(cfg).to(device, memory_format=memory_format)  # same seed -> same initial weights
+        optimizer, loss_fn = build_optimizer(net, cfg), build_loss()
         scheduler = build_scheduler(optimizer, cfg)
+        scaler = grad_scaler(device, dtype)
         step, best_dice, best_step = 0, -math.inf, 0
-        if last_path.is_file():
-            step, best_dice, best_step = _resume(last_path, model, optimizer, scheduler, cfg, arm, seed)
+        ckpt = ctx.main_then_broadcast(lambda: _resumable(last_path, cfg, arm, seed))  # rank 0 reads, all load
+        if ckpt is not None:
+            step, best_dice, best_step = _restore(ckpt, net, optimizer, scheduler, scaler)
         resumed_from = step
-        log = _MetricsLog(csv_path, resume_step=step)
+        example = torch.zeros(share.stop - share.start, 1, *stream.spatial_size, device=device)
+        model = training_module(net, ctx, compile=cfg.compile, example=(example.to(memory_format=memory_format),),
+                                what="segmentation network", dtype=dtype)
+        log = _MetricsLog(csv_path, resume_step=step, enabled=ctx.is_main)
 
         def checkpoint(path: Path) -> None:
-            save_checkpoint(path, model=model, cfg=cfg, step=step, optimizer=optimizer, scheduler=scheduler,
-                            best_dice=best_dice, best_step=best_step, arm=arm, seed=seed, preprocess=preprocess)
+            if ctx.is_main:
+                save_checkpoint(path, model=net, cfg=cfg, step=step, optimizer=optimizer, scheduler=scheduler,
+                                best_dice=best_dice, best_step=best_step, arm=arm, seed=seed,
+                                preprocess=preprocess, scaler=scaler)
 
         stop = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
-        batches = iter(stream.loader(step, cfg.steps, pin_memory=device.type == "cuda"))
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {arm} s{seed}", disable=not progress,
+        batches = iter(stream.loader(step, cfg.steps, rank=ctx.rank, world_size=ctx.world_size,
+                                     pin_memory=pin_memory))
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {arm} s{seed}", disable=not (progress and ctx.is_main),
                    mininterval=1.0, dynamic_ncols=True)
         train_time, val_dice = 0.0, float("nan")
         try:
             while step < stop:
                 n = min(cfg.val_every - step % cfg.val_every, stop - step)
+                torch.manual_seed(derive_seed(seed, step, ctx.rank))  # dropout: a stream per rank, exact resume
                 t0 = time.perf_counter()
-                for loss, lr in train_steps(model, loss_fn, optimizer, scheduler, batches, n, device,
-                                            autocast=autocast):
+                for loss, lr in train_steps(model, loss_fn, optimizer, scheduler, batches, n, device, dtype=dtype,
+                                            scaler=scaler, channels_last=cfg.channels_last):
+                    (loss,) = ctx.all_reduce_mean([loss])  # the global batch's loss, as one process logs it
                     step += 1
                     log.add(step, loss=loss, lr=lr)
                     bar.update()
@@ -149,7 +190,7 @@ def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cas
                 train_time += time.perf_counter() - t0
                 if step % cfg.val_every and step != cfg.steps:
                     break  # stopped by max_steps between two checkpoints: like a kill, nothing more is saved
-                val_dice = evaluate(model, val_cases, cfg.batch_size, autocast=autocast)["mean"]
+                val_dice = evaluate(net, val_cases, cfg.batch_size, autocast=dtype == torch.bfloat16, ctx=ctx)["mean"]
                 log.add(step, val_dice=val_dice)
                 log.flush()
                 if val_dice > best_dice:
@@ -163,22 +204,33 @@ def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cas
             del batches  # shuts DataLoader workers down
 
     done = step - resumed_from
-    return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, metrics_csv=csv_path,
-                       best_val_dice=float(best_dice) if best_dice > -math.inf else float("nan"),
-                       best_step=best_step, steps=step, resumed_from=resumed_from,
-                       wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
-                       samples_per_s=done * cfg.batch_size / train_time if train_time > 0 else float("nan"))
+    result = TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, metrics_csv=csv_path,
+                         best_val_dice=float(best_dice) if best_dice > -math.inf else float("nan"),
+                         best_step=best_step, steps=step, resumed_from=resumed_from,
+                         wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
+                         samples_per_s=done * cfg.batch_size / train_time if train_time > 0 else float("nan"))
+    return ctx.broadcast_object(result)  # rank 0's timings on every rank
 
 
-def _resume(path: Path, model, optimizer, scheduler, cfg: SegmentationConfig, arm: str,
-            seed: int) -> tuple[int, float, int]:
+def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict[str, Any] | None:
+    """The checkpoint at `path` if there is one, after checking that it belongs to this run."""
+    if not path.is_file():
+        return None
     ckpt = read_checkpoint(path)
-    if ckpt["config"] != dataclasses.asdict(cfg) or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
+    saved, current = ({k: v for k, v in c.items() if k not in RUNTIME_KEYS}
+                      for c in (ckpt["config"], dataclasses.asdict(cfg)))
+    if saved != current or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
         raise ValueError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
                          f"or a different segmentation config); use a fresh output folder or delete it")
+    return ckpt
+
+
+def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler) -> tuple[int, float, int]:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     return int(ckpt["step"]), float(ckpt["best_dice"]), int(ckpt["best_step"])
 
@@ -191,8 +243,10 @@ class _MetricsLog:
     scalars go to TensorBoard (`<out_dir>/tensorboard`) when the tensorboard package is installed.
     """
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path, self.pending = path, None
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path, self.pending, self.enabled = path, None, enabled
+        if not enabled:  # ranks other than 0: nothing is written
+            return
         keep_csv_rows(path, lambda row: resume_step > 0 and int(row["step"]) <= resume_step, METRICS_COLUMNS)
         self.fh = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
@@ -205,6 +259,8 @@ class _MetricsLog:
             pass
 
     def add(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
         if self.pending is not None and self.pending["step"] != step:
             self.flush()
         if self.pending is None:
@@ -212,6 +268,8 @@ class _MetricsLog:
         self.pending.update({k: f"{v:.6g}" for k, v in values.items()})
 
     def flush(self) -> None:
+        if not self.enabled:
+            return
         if self.pending is not None:
             self.writer.writerow(self.pending)
             if self.tensorboard is not None:
@@ -222,6 +280,8 @@ class _MetricsLog:
         self.fh.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.flush()
         self.fh.close()
         if self.tensorboard is not None:

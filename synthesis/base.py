@@ -44,10 +44,13 @@ class Generator(ABC):
         self.config = config if config is not None else self.config_class()
 
     @abstractmethod
-    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path, *, seed: int = 0,
+            dist: Any = None) -> dict[str, Any]:
         """Learn p(image | mask) from paired training slices; resumes from `out_dir` if a checkpoint is there.
 
-        Returns a small dict of training figures (steps, wall time, final losses) for the manifest.
+        Returns a small dict of training figures (steps, wall time, final losses) for the manifest. `dist`: a
+        `segmentation.runtime.DistributedContext` for training on several processes (None: torchrun's
+        environment, else one process); generators that do not train ignore it.
         """
 
     @abstractmethod

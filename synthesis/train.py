@@ -3,13 +3,23 @@
 A learned generator (`LearnedGenerator`) provides its networks, `train_step(batch, step) -> losses` (a GAN
 does its D and G updates inside) and `state_dict/load_state_dict`; `fit_loop` does everything else once:
 
-* batches drawn from (seed, step) and the torch RNG re-seeded from (seed, step) around each step, so a run
-  resumed from a checkpoint ends with exactly the weights of an uninterrupted one;
+* batches drawn from (seed, step) and the random generators re-seeded from (seed, step) around each step, so
+  a run resumed from a checkpoint ends with exactly the weights of an uninterrupted one;
 * an EMA of the generator weights (warmed up) that sampling uses;
 * sample grids (fixed masks, fixed style seeds) in out_dir/samples/step_XXXXXX.png to watch it learn;
 * atomic checkpoints every `checkpoint_every` steps and at the end; a metrics CSV of the losses per step;
 * a guard that raises `TrainingDiverged` on a NaN/Inf loss, or when the discriminator has won completely
   for `collapse_patience` consecutive steps, instead of silently producing garbage.
+
+Distributed (`torchrun --nproc_per_node=N`): every process runs `fit` with the same arguments; each takes an
+equal contiguous share of every global batch and the networks being updated are wrapped in
+DistributedDataParallel (see `AdversarialGenerator` for the discriminator). Per-sample noise (style codes,
+reparameterisation, pix2pix dropout) comes from `Batch.randn` / `Batch.rand`: drawn for the whole global batch
+from a generator seeded by (seed, step) and sliced, so it does not depend on the number of processes and the
+run equals a single-process one up to floating-point rounding. DiffAugment draws from the global torch RNG,
+seeded per (seed, step, rank): with it on, N processes augment differently from one (still one independent
+draw per sample). Losses are averaged over the ranks before logging and the divergence guard, so every
+rank stops together; only rank 0 writes checkpoints, metrics, grids and shows the progress bar.
 """
 from __future__ import annotations
 
@@ -32,6 +42,8 @@ from tqdm.auto import tqdm
 
 from data.io import keep_csv_rows, load_torch, save_torch
 from data.types import NUM_CLASSES
+from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
+                                  init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
 from synthesis.diffaugment import diff_augment
@@ -41,7 +53,8 @@ METRICS = "metrics.csv"
 SAMPLES = "samples"
 # Settings that may change between a checkpoint and its resumption without changing the maths.
 RESUMABLE_KEYS = frozenset({"steps", "sample_every", "checkpoint_every", "grid_masks", "grid_styles", "progress",
-                            "collapse_patience", "collapse_d_eps", "collapse_g_adv", "device"})
+                            "collapse_patience", "collapse_d_eps", "collapse_g_adv", "device", "channels_last",
+                            "compile"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,16 +68,28 @@ class TrainingDiverged(RuntimeError):
 
 
 class Batch(NamedTuple):
-    image: torch.Tensor  # (B, 1, H, W) in [-1, 1]
-    onehot: torch.Tensor  # (B, NUM_CLASSES, H, W)
+    """This process's share of one global batch: samples [offset, offset + len) of `total`."""
 
+    image: torch.Tensor  # (n, 1, H, W) in [-1, 1]
+    onehot: torch.Tensor  # (n, NUM_CLASSES, H, W)
+    offset: int = 0
+    total: int = 0  # global batch size (0 = this batch is the whole batch)
+    noise: torch.Generator | None = None  # seeded by (seed, step): the same on every rank
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise (n, *shape) for these samples, drawn for the whole global batch and sliced:
+        a sample's noise does not depend on how the batch is split over processes."""
+        return self._draw(torch.randn, shape)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) noise (n, *shape), drawn like `randn`."""
+        return self._draw(torch.rand, shape)
+
+    def _draw(self, fn, shape: tuple[int, ...]) -> torch.Tensor:
+        n = len(self.image)
+        total = self.total or n
+        out = fn((total, *shape), generator=self.noise, device=self.image.device)
+        return out[self.offset:self.offset + n]
 
 
 def onehot(masks: torch.Tensor) -> torch.Tensor:
@@ -94,11 +119,14 @@ class LearnedGenerator(Generator):
 
     def __init__(self, config: TrainConfig | None = None):
         super().__init__(config)
-        self.device = resolve_device(self.config.device)
+        self.device = resolve_device(self.config.device, key=f"synthesis.{self.name}.device")
         self.image_shape: tuple[int, int] | None = None
         self.z_dim = 0  # size of the style code drawn per seed (0 = none)
         self.net: nn.Module | None = None
         self.ema: AveragedModel | None = None
+        self.train_net: nn.Module | None = None  # what training calls: `net`, compiled and/or in DDP
+        self.amp_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
 
     # -------------------------------------------------------------------------------- to implement
     @abstractmethod
@@ -115,7 +143,25 @@ class LearnedGenerator(Generator):
 
     @abstractmethod
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        """One optimisation step; returns the same loss names every step."""
+        """One optimisation step; returns the same loss names every step. Call networks being trained through
+        `self.train_net` (DDP / compiled) and scale losses with `self.backward` (fp16 loss scaling)."""
+
+    def prepare_training(self, ctx: DistributedContext, batch: Batch) -> None:
+        """Wrap the networks being trained for `ctx` (torch.compile when configured, DDP with several
+        processes); `batch` gives the shapes of one step. Adversarial generators add the discriminator."""
+        z = [torch.zeros(len(batch.image), self.z_dim, device=self.device)] if self.z_dim else []
+        self.train_net = training_module(self.net, ctx, compile=self.config.compile, example=(batch.onehot, *z),
+                                         what=f"{self.name} generator", dtype=self.amp_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), scaled for float16 autocast (a plain backward otherwise)."""
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step() (skipped by the scaler on non-finite float16 gradients), then update the scale.
+        With several optimisers in one step use `self.scaler.step(opt)` for each and `self.scaler.update()` once."""
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def synthesize(self, net: nn.Module, onehot: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Images in [-1, 1] from `net`; pix2pix overrides it to keep its dropout on."""
@@ -127,22 +173,32 @@ class LearnedGenerator(Generator):
         return size_divisor(self.config)
 
     def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        return autocast(self.device, self.amp_dtype)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
 
     def build(self, image_shape: tuple[int, int], *, training: bool, seed: int = 0) -> None:
         """Fresh networks (initialised from `seed`) for slices of `image_shape`."""
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = self.build_network(self.image_shape).to(self.device)
+            self.net = self.build_network(self.image_shape).to(self.device, memory_format=self.memory_format)
             self.ema = AveragedModel(self.net, multi_avg_fn=ema_avg_fn(self.config.ema_decay), use_buffers=True)
+            self.train_net = self.net
             if training:
+                self.amp_dtype = autocast_dtype(self.config.amp, self.device, f"synthesis.{self.name}.amp")
+                self.scaler = grad_scaler(self.device, self.amp_dtype)
                 self.build_training()
 
-    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0) -> dict[str, Any]:
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0,
+            dist: DistributedContext | None = None) -> dict[str, Any]:
         masks, images = check_pair(masks, images, self.divisor)
+        if dist is not None:
+            self.device = dist.device  # the context's device wins (e.g. one GPU per process in a sweep)
         self.build(masks.shape[1:], training=True, seed=seed)
-        return fit_loop(self, masks, images, Path(out_dir), seed=seed)
+        return fit_loop(self, masks, images, Path(out_dir), seed=seed, dist=dist)
 
     @torch.no_grad()
     def sample(self, masks: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
@@ -160,7 +216,7 @@ class LearnedGenerator(Generator):
         try:
             for start in range(0, len(masks), chunk):
                 m = torch.from_numpy(masks[start:start + chunk]).to(self.device)
-                with torch.random.fork_rng(devices=_rng_devices(self.device)):
+                with torch.random.fork_rng(devices=rng_devices(self.device)):
                     torch.manual_seed(seed)  # the same per-chunk noise (pix2pix dropout) for every chunk
                     x = self.synthesize(net, onehot(m), None if z is None else z.expand(len(m), -1))
                 out.append(((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy())
@@ -168,12 +224,15 @@ class LearnedGenerator(Generator):
             net.train(was_training)
         return np.concatenate(out) if out else np.zeros(masks.shape, np.float32)
 
+    def _parts(self) -> dict[str, Any]:
+        scaler = {"scaler": self.scaler} if self.scaler is not None and self.scaler.is_enabled() else {}
+        return {"net": self.net, "ema": self.ema, **self.training_parts(), **scaler}
+
     def state_dict(self) -> dict[str, Any]:
-        parts = {"net": self.net, "ema": self.ema, **self.training_parts()}
-        return {name: part.state_dict() for name, part in parts.items()}
+        return {name: part.state_dict() for name, part in self._parts().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        parts = {"net": self.net, "ema": self.ema, **self.training_parts()}
+        parts = self._parts()
         missing = sorted(set(parts) - set(state))
         if missing:
             raise ValueError(f"{self.name}: checkpoint lacks {missing}")
@@ -196,55 +255,72 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
-
-
 # -------------------------------------------------------------------------------------------- the loop
 def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out_dir: Path, *,
-             seed: int) -> dict[str, Any]:
+             seed: int, dist: DistributedContext | None = None) -> dict[str, Any]:
     """Train `model` (networks built) on the pairs for `model.config.steps` steps, resuming from
-    out_dir/checkpoint.pt when it is there. Returns figures for the manifest."""
+    out_dir/checkpoint.pt when it is there. Returns figures for the manifest (the same on every rank).
+
+    `dist`: the process's place in a distributed run; by default `init_distributed(config.device)`
+    (torchrun's environment, else one process)."""
     cfg = model.config
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = dist if dist is not None else init_distributed(cfg.device, key=f"synthesis.{model.name}.device")
+    share = ctx.shard(cfg.batch_size, f"synthesis.{model.name}.batch_size")
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(masks, images)
-    start, guard_state = 0, 0
-    if (out_dir / CHECKPOINT).is_file():
-        start, guard_state = load_checkpoint(model, out_dir / CHECKPOINT, seed=seed, fingerprint=fingerprint)
+    start, guard_state = load_checkpoint(model, out_dir / CHECKPOINT, seed=seed, fingerprint=fingerprint, ctx=ctx)
     guard = DivergenceGuard(cfg, consecutive=guard_state)
-    metrics = MetricsLog(out_dir / METRICS, resume_step=start)
+    metrics = MetricsLog(out_dir / METRICS, resume_step=start, enabled=ctx.is_main)
     grid = grid_selection(masks, cfg.grid_masks, seed)
-    masks_t = torch.from_numpy(masks)
-    images_t = torch.from_numpy(images)
-    t0, done = time.perf_counter(), start
+    # The pairs live on the device: a step only indexes them (no loader, no host-to-device copies).
+    masks_t = torch.from_numpy(masks).to(model.device)
+    images_t = torch.from_numpy(images).to(model.device)
+    noise = torch.Generator(device=model.device)
+
+    def batch_of(step: int) -> Batch:
+        rng = np.random.default_rng([seed, step])
+        index = rng.choice(len(masks), cfg.batch_size, replace=len(masks) < cfg.batch_size)[share]
+        noise.manual_seed(int(rng.integers(2**62)))
+        index = torch.from_numpy(index).to(model.device)
+        return Batch(image=(images_t[index] * 2 - 1).unsqueeze(1).contiguous(memory_format=model.memory_format),
+                     onehot=onehot(masks_t[index]).contiguous(memory_format=model.memory_format),
+                     offset=share.start, total=cfg.batch_size, noise=noise)
+
+    model.prepare_training(ctx, batch_of(start))
+    t0, done, train_seconds = time.perf_counter(), start, 0.0
     try:
         with tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"fit {model.name}",
-                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+                  disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True) as bar:
             for step in bar:
-                rng = np.random.default_rng([seed, step])
-                index = torch.from_numpy(rng.choice(len(masks), cfg.batch_size, replace=len(masks) < cfg.batch_size))
-                batch = Batch(image=(images_t[index] * 2 - 1).unsqueeze(1).to(model.device),
-                              onehot=onehot(masks_t[index]).to(model.device))
-                with torch.random.fork_rng(devices=_rng_devices(model.device)):
-                    torch.manual_seed(int(rng.integers(2**62)))
+                t_step = time.perf_counter()
+                batch = batch_of(step)
+                with torch.random.fork_rng(devices=rng_devices(model.device)):
+                    torch.manual_seed(derive_seed(seed, step, ctx.rank))  # DiffAugment: a stream per rank
                     losses = model.train_step(batch, step)
+                # the global batch's losses: every rank then judges divergence alike
+                losses = dict(zip(losses, ctx.all_reduce_mean(list(losses.values()))))
                 guard.check(step, losses)
                 model.ema.update_parameters(model.net)
+                train_seconds += time.perf_counter() - t_step
                 metrics.write(step, time.perf_counter() - t0, losses)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                 done = step + 1
-                if done % cfg.sample_every == 0 or done == cfg.steps:
+                if ctx.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
                     write_grid(model, masks[grid], images[grid], out_dir / SAMPLES / f"step_{done:06d}.png", done)
-                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                if ctx.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                     save_checkpoint(model, out_dir / CHECKPOINT, step=done, seed=seed, fingerprint=fingerprint,
                                     guard_state=guard.consecutive)
     finally:
         metrics.close()
     seconds = time.perf_counter() - t0
     ran = done - start
-    return {"steps": cfg.steps, "resumed_from": start, "seconds": round(seconds, 2),
-            "steps_per_second": round(ran / seconds, 3) if ran and seconds > 0 else None,
-            "final_losses": metrics.tail_means()}
+    figures = {"steps": cfg.steps, "resumed_from": start, "seconds": round(seconds, 2),
+               "steps_per_second": round(ran / seconds, 3) if ran and seconds > 0 else None,
+               "train_seconds": round(train_seconds, 3),
+               "samples_per_second": round(ran * cfg.batch_size / train_seconds, 3) if ran and train_seconds else None,
+               "processes": ctx.world_size, "final_losses": metrics.tail_means()}
+    return ctx.broadcast_object(figures)  # rank 0's figures everywhere
 
 
 def data_fingerprint(masks: np.ndarray, images: np.ndarray) -> str:
@@ -291,19 +367,23 @@ class DivergenceGuard:
 class MetricsLog:
     """metrics.csv: one row per step (step, seconds, losses...); on resume, rows past the checkpoint go."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
         self.fields: list[str] | None = None
         self.rows: list[dict[str, float]] = []
+        self._file = None
+        self._writer = None
+        if not enabled:  # ranks other than 0: nothing is read or written
+            return
         if resume_step and path.is_file():
             self.fields, kept = keep_csv_rows(path, lambda r: int(r["step"]) < resume_step)
             self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in kept[-50:]]
         elif path.exists():
             path.unlink()
-        self._file = None
-        self._writer = None
 
     def write(self, step: int, seconds: float, losses: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "seconds": round(seconds, 3), **{k: float(f"{v:.6g}") for k, v in losses.items()}}
         if self._writer is None:
             new = not self.path.is_file()
@@ -335,9 +415,23 @@ def save_checkpoint(model: LearnedGenerator, path: Path, *, step: int, seed: int
     save_torch(path, payload)
 
 
-def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> tuple[int, int]:
-    """Restore `model` from `path` after checking it belongs to this run; returns (step, guard state)."""
-    ckpt = load_torch(path, "generator checkpoint (delete it to start over)", map_location=model.device)
+def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str,
+                    ctx: DistributedContext | None = None) -> tuple[int, int]:
+    """Restore `model` from `path` (if it is there) after checking it belongs to this run; returns (step,
+    guard state), (0, 0) without a checkpoint. Under a distributed `ctx` rank 0 reads and checks it and every
+    rank loads it."""
+    ctx = ctx or DistributedContext()
+    ckpt = ctx.main_then_broadcast(lambda: _checked_checkpoint(model, path, seed=seed, fingerprint=fingerprint))
+    if ckpt is None:
+        return 0, 0
+    model.load_state_dict(ckpt["model"])
+    return int(ckpt["step"]), int(ckpt["guard"])
+
+
+def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    ckpt = load_torch(path, "generator checkpoint (delete it to start over)", map_location="cpu")
     problems = []
     if ckpt["generator"] != model.name:
         problems.append(f"generator {ckpt['generator']!r} != {model.name!r}")
@@ -358,8 +452,7 @@ def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerpri
     if problems:
         raise ValueError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
                          f"Use another output folder or delete the checkpoint to start over.")
-    model.load_state_dict(ckpt["model"])
-    return int(ckpt["step"]), int(ckpt["guard"])
+    return ckpt
 
 
 # --------------------------------------------------------------------------------------- adversarial step
@@ -368,7 +461,14 @@ class AdversarialGenerator(LearnedGenerator):
     hinge (or least-squares) loss, D feature matching, optional DiffAugment and lazy R1, TTUR optimisers.
 
     Subclasses implement `generator_forward(batch) -> (fake, {name: (weight, loss)})` for their own terms
-    (L1, KL, ...)."""
+    (L1, KL, ...), calling the generator through `self.train_net`.
+
+    Under DDP each network is wrapped on its own. The D step calls D through its DDP wrapper (gradients
+    averaged once per step); the G step calls D's local module with D's parameters frozen, so no D gradient
+    is computed or synchronised there. D's buffers are not broadcast (spectral norm's power-iteration vectors
+    follow from the weights alone, identical on every rank). The R1 penalty needs a double backward, which
+    neither DDP's reducer nor torch.compile supports: it runs through the plain D module, and its gradient
+    joins the D loss's in the one DDP backward of the D step (the same parameters, so the same all-reduce)."""
 
     config: AdversarialConfig
     config_class: ClassVar[type[AdversarialConfig]] = AdversarialConfig
@@ -383,6 +483,7 @@ class AdversarialGenerator(LearnedGenerator):
         self.disc.to(self.device)
         self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.lr_g, betas=tuple(map(float, cfg.betas)))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(map(float, cfg.betas)))
+        self.disc_train = self.disc_frozen = self.disc  # see prepare_training
         self.augment_ops = parse_diffaugment(cfg.diffaugment)
         self.last_r1 = 0.0
         if cfg.adversarial_loss == "least_squares":
@@ -393,12 +494,23 @@ class AdversarialGenerator(LearnedGenerator):
     def training_parts(self) -> dict[str, Any]:
         return {"disc": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
-    def discriminate(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(logits per scale, intermediate features of all scales)."""
+    def prepare_training(self, ctx: DistributedContext, batch: Batch) -> None:
+        """The generator (see LearnedGenerator), then D: `disc_train` (compiled, in DDP) for the D step and
+        `disc_frozen` (compiled, no DDP) for the G step."""
+        super().prepare_training(ctx, batch)
+        example = torch.cat([torch.cat([batch.image, batch.onehot], 1)] * 2)  # the D step's real + fake
+        self.disc_train = training_module(self.disc, ctx, compile=self.config.compile, example=(example,),
+                                          what=f"{self.name} discriminator", dtype=self.amp_dtype,
+                                          sync_buffers=False)
+        self.disc_frozen = self.disc_train.module if ctx.is_distributed else self.disc_train
+
+    def discriminate(self, x: torch.Tensor,
+                     disc: nn.Module | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(logits per scale, intermediate features of all scales) of `disc` (default: the plain D)."""
+        out = (disc if disc is not None else self.disc)(x)
         if isinstance(self.disc, MultiScalePatchDiscriminator):
-            logits, feats = self.disc(x)
+            logits, feats = out
             return logits, [f for scale in feats for f in scale]
-        out = self.disc(x)
         return [out[-1]], out[:-1]
 
     def d_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
@@ -431,7 +543,8 @@ class AdversarialGenerator(LearnedGenerator):
         real_in = torch.cat([batch.image, batch.onehot], 1)
         fake_in = torch.cat([fake.detach().float(), batch.onehot], 1)
         with self.autocast():
-            logits, _ = self.discriminate(torch.cat(diff_augment([real_in, fake_in], self.augment_ops)))
+            logits, _ = self.discriminate(torch.cat(diff_augment([real_in, fake_in], self.augment_ops)),
+                                          self.disc_train)
             d_real, d_fake = [l[:n] for l in logits], [l[n:] for l in logits]
             d_loss = self.d_loss(d_real, d_fake)
         total_d = d_loss
@@ -439,8 +552,8 @@ class AdversarialGenerator(LearnedGenerator):
             r1 = self.r1_penalty(batch.image, batch.onehot)
             total_d = total_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
             self.last_r1 = float(r1.detach())
-        total_d.backward()
-        self.opt_d.step()
+        self.backward(total_d)
+        self.scaler.step(self.opt_d)  # before the G step, which sees the updated D
 
         # generator: D frozen (no weight gradients), real features only for feature matching
         self.disc.requires_grad_(False)
@@ -449,16 +562,17 @@ class AdversarialGenerator(LearnedGenerator):
         with self.autocast():
             if cfg.lambda_fm > 0:
                 aug_fake, aug_real = diff_augment([fake_in, real_in], self.augment_ops)
-                logits, feats = self.discriminate(torch.cat([aug_fake, aug_real]))
+                logits, feats = self.discriminate(torch.cat([aug_fake, aug_real]), self.disc_frozen)
                 g_fm = sum(F.l1_loss(f[:n], f[n:].detach()) for f in feats) / len(feats)
             else:
                 (aug_fake,) = diff_augment([fake_in], self.augment_ops)
-                logits, _ = self.discriminate(aug_fake)
+                logits, _ = self.discriminate(aug_fake, self.disc_frozen)
                 g_fm = torch.zeros((), device=fake.device)
             g_adv = self.g_adv_loss([l[:n] for l in logits])
             g_loss = g_adv + cfg.lambda_fm * g_fm + sum(w * t for w, t in terms.values())
-        g_loss.backward()
-        self.opt_g.step()
+        self.backward(g_loss)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
 
         losses = {"d_loss": d_loss, "d_real": sum(l.mean() for l in d_real) / len(d_real),
                   "d_fake": sum(l.mean() for l in d_fake) / len(d_fake), "g_adv": g_adv, "g_fm": g_fm,

@@ -48,12 +48,12 @@ class CVAEGenerator(LearnedGenerator):
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
             mu, logvar = self.net.encode(torch.cat([batch.image, batch.onehot], 1))
-            recon = self.net(batch.onehot, reparameterize(mu, logvar)).float()
+            recon = self.train_net(batch.onehot, reparameterize(mu, logvar, batch.randn(self.z_dim))).float()
             loss_fn = F.l1_loss if self.config.reconstruction == "l1" else F.mse_loss
             rec = loss_fn(recon, batch.image)
             kl = kl_divergence(mu.float(), logvar.float())
             beta = self.kl_weight(step)
             loss = rec + beta * kl
-        loss.backward()
-        self.opt.step()
+        self.backward(loss)
+        self.optimizer_step(self.opt)
         return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach()), "kl_weight": beta}

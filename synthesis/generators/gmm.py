@@ -41,7 +41,8 @@ class GMMGenerator(Generator):
         super().__init__(config)
         self.params: dict[str, np.ndarray] | None = None
 
-    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0) -> dict[str, Any]:
+    def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0,
+            dist: Any = None) -> dict[str, Any]:
         masks, images = check_pair(masks, images)
         rng = np.random.default_rng(seed)
         per_slice = np.full((len(masks), NUM_CLASSES), np.nan)  # mean of each label in each slice

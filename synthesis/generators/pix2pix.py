@@ -22,16 +22,24 @@ from synthesis.train import AdversarialGenerator, Batch
 
 
 class SharedDropout(nn.Dropout):
-    """nn.Dropout, except that while `shared` is set it is active even in eval mode and draws one mask for
-    the first sample that every sample of the batch reuses."""
+    """Inverted dropout. While `shared` is set it is active even in eval mode and draws one mask for the
+    first sample that every sample of the batch reuses (sampling). In training, while `batch` is set, each
+    sample's mask comes from `batch.rand` (drawn for the whole global batch and sliced), so it does not
+    depend on how the batch is split over processes."""
 
     shared: bool = False
+    batch: Batch | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shared or self.p == 0:
-            return super().forward(x)
-        keep = (torch.rand_like(x[:1]) >= self.p).to(x.dtype)
-        return x * keep / (1 - self.p)
+        if self.p == 0 or not (self.training or self.shared):
+            return x
+        if self.shared:
+            uniform = torch.rand_like(x[:1])
+        elif self.batch is not None:
+            uniform = self.batch.rand(*x.shape[1:]).to(x.dtype)
+        else:
+            uniform = torch.rand_like(x)
+        return x * (uniform >= self.p).to(x.dtype) / (1 - self.p)
 
 
 class UNetGenerator(nn.Module):
@@ -64,7 +72,14 @@ class Pix2PixGenerator(AdversarialGenerator):
         return UNetGenerator(cfg.features, cfg.dropout)
 
     def generator_forward(self, batch: Batch):
-        fake = self.net(batch.onehot)
+        dropouts = [m for m in self.net.modules() if isinstance(m, SharedDropout)]
+        for m in dropouts:
+            m.batch = batch
+        try:
+            fake = self.train_net(batch.onehot)
+        finally:
+            for m in dropouts:
+                m.batch = None
         return fake, {"l1": (self.config.lambda_l1, (fake.float() - batch.image).abs().mean())}
 
     def synthesize(self, net: nn.Module, onehot: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:

@@ -53,8 +53,10 @@ class SpadeStyleNet(nn.Module):
         return self.encoder(x)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """mu + eps * sigma; `eps` ~ N(0, I) (drawn here when not given, e.g. `batch.randn(z_dim)` in training)."""
+    eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -76,9 +78,8 @@ class SpadeGenerator(AdversarialGenerator):
     def generator_forward(self, batch: Batch):
         cfg = self.config
         if not cfg.is_vae:
-            z = torch.randn(len(batch.image), cfg.z_dim, device=batch.image.device)
-            return self.net(batch.onehot, z), {}
-        mu, logvar = self.net.encode(batch.image)
-        fake = self.net(batch.onehot, reparameterize(mu, logvar))
+            return self.train_net(batch.onehot, batch.randn(cfg.z_dim)), {}
+        mu, logvar = self.net.encode(batch.image)  # the encoder's gradients join the DDP all-reduce of `net`
+        fake = self.train_net(batch.onehot, reparameterize(mu, logvar, batch.randn(cfg.z_dim)))
         return fake, {"kl": (cfg.lambda_kl, kl_divergence(mu, logvar)),
                       "l1": (cfg.lambda_l1, (fake.float() - batch.image).abs().mean())}

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from data.config import SplitConfig
-from data.splits import Split, make_split, nested_fractions, read_split, write_split
+from data.splits import Split, duplicate_patients, make_split, nested_fractions, read_split, write_split
 from data.types import DataError
 
 GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
@@ -101,3 +101,30 @@ def test_read_split_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"train": []}')
     with pytest.raises(DataError, match="'val'"):
         read_split(tmp_path / "bad.json")
+
+
+def test_linked_patients_always_land_on_one_side_and_in_the_same_fractions():
+    ids = [f"p{i:02d}" for i in range(30)]
+    linked = duplicate_patients({"p03": ["a"], "p17": ["a", "b"], "p25": ["b"], "p09": ["c"]})
+    assert linked == [{"p03", "p17", "p25"}]
+    for seed in range(40):
+        split = make_split(ids, SplitConfig(seed=seed, n_test=8, n_val=4), fractions=[0.1, 0.5, 1.0], linked=linked)
+        sides = [set(split.train), set(split.val), set(split.test)]
+        assert sum(bool(linked[0] & side) for side in sides) == 1
+        assert sorted(set().union(*sides)) == ids
+        for members in split.fractions.values():
+            assert linked[0] <= set(members) or not linked[0] & set(members)
+        assert set(split.fractions["0.1"]) <= set(split.fractions["0.5"]) <= set(split.fractions["1.0"])
+
+
+def test_duplicate_images_are_found_by_voxels_not_file_bytes(tmp_path, rng):
+    import numpy as np
+
+    from data.cache import voxel_sha1
+    from data.io import write_nifti
+
+    image = rng.random((8, 8, 3)).astype(np.float32)
+    write_nifti(tmp_path / "a.nii.gz", image, np.eye(4))
+    write_nifti(tmp_path / "b.nii", image, np.eye(4))  # other container, same voxels
+    write_nifti(tmp_path / "c.nii.gz", image + 1, np.eye(4))
+    assert voxel_sha1(tmp_path / "a.nii.gz") == voxel_sha1(tmp_path / "b.nii") != voxel_sha1(tmp_path / "c.nii.gz")

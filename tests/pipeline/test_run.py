@@ -91,6 +91,15 @@ def test_extra_test_sets_are_scored_separately_with_their_own_label_order(finish
     assert (finished / "evaluate" / "f1" / "real" / "seed0" / "predictions" / "swapped").is_dir()
 
 
+def test_quality_stage_scores_each_generator_next_to_the_real_reference(finished):
+    quality = pd.read_csv(finished / "quality" / "quality.csv")
+    assert list(quality["generator"]) == ["real", "gmm", "real", "gmm"]  # per fraction: reference row first
+    real = quality[quality.generator == "real"]
+    assert (real["consistency_gap"] == 0).all() and not real["memorisation_flagged"].any()
+    assert (quality["fd"] >= 0).all() and quality["judge"].str.contains("/real/seed0").all()
+    assert (finished / "quality" / "f0.5" / "pairs_gmm.png").stat().st_size > 1000
+
+
 def test_rerun_skips_everything(phantom_root, extra_sets, finished):
     before = done_stamps(finished)
     run = run_pipeline(tiny_config(phantom_root, finished, *extra_sets))
@@ -145,7 +154,7 @@ def test_killed_run_resumes_to_the_same_results(phantom_root, extra_sets, finish
 def test_report_has_every_section_and_the_summary_numbers(finished):
     md = (finished / "report" / "report.md").read_text()
     html = (finished / "report" / "report.html").read_text()
-    for section in ("## Data", "## Generator: gmm", "## Results", "## How it was run"):
+    for section in ("## Data", "## Generator: gmm", "## Results", "## Synthetic data quality", "## How it was run"):
         assert section in md
         assert section[3:] in html
     assert "data:image/png;base64," in html and "<img src=\"figures" not in html  # self-contained
@@ -157,8 +166,19 @@ def test_report_has_every_section_and_the_summary_numbers(finished):
 
 
 def test_real_only_sweep_skips_the_synthesis_stages(phantom_root, tmp_path):
+    from pipeline.run import needed_stages
+
+    real_only = tiny_config(phantom_root, tmp_path, "experiment.arms=[real]", "quality.enabled=false")
+    assert needed_stages(real_only) == ["prepare", "train_segmenters", "evaluate", "report"]
+    no_judge = tiny_config(phantom_root, tmp_path, "experiment.arms=[real+synthetic]")
+    assert "quality" not in needed_stages(no_judge) and "synthesize" in needed_stages(no_judge)
+
+
+def test_quality_only_study_trains_and_judges_generators_without_synthetic_training(phantom_root, tmp_path):
     run_dir = tmp_path / "real_only"
     run = run_pipeline(tiny_config(phantom_root, run_dir, "experiment.arms=[real]", "experiment.fractions=[1.0]"))
-    assert set(run.timings) == {"prepare", "train_segmenters", "evaluate", "report"}
-    assert not (run_dir / "train_generator").exists()
-    assert "changes mean Dice" not in (run_dir / "report" / "report.md").read_text()
+    assert set(run.timings) == {"prepare", "train_generator", "train_segmenters", "evaluate", "quality", "report"}
+    assert not (run_dir / "synthesize").exists()
+    assert list(pd.read_csv(run_dir / "quality" / "quality.csv")["generator"]) == ["real", "gmm"]
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "changes mean Dice" not in md and "## Synthetic data quality" in md

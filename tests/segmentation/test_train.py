@@ -115,7 +115,7 @@ def test_strides_must_match_channels():
 def test_bf16_autocast_trains_where_the_cpu_supports_it(small_cases, tmp_path):
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("no bf16 support on this CPU")
-    cfg = tiny_config(steps=2, val_every=2, amp_bf16=True, augment=False)
+    cfg = tiny_config(steps=2, val_every=2, amp="bf16", augment=False)
     result = train_segmenter("real", small_cases[:2], small_cases[2:3], cfg, tmp_path, progress=False)
     assert 0.0 <= result.best_val_dice <= 1.0
     assert pd.read_csv(result.metrics_csv)["loss"].notna().all()

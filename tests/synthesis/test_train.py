@@ -144,7 +144,7 @@ def test_collapse_guard_needs_consecutive_steps(pairs, tmp_path, monkeypatch):
 
 def test_bf16_autocast_trains(pairs, tmp_path):
     masks, images = pairs
-    gen = build_generator("spade", tiny_config("spade", steps=2, bf16=True))
+    gen = build_generator("spade", tiny_config("spade", steps=2, amp="bf16"))
     losses = gen.fit(masks, images, tmp_path, seed=0)["final_losses"]
     assert all(np.isfinite(v) for v in losses.values())
     assert gen.sample(masks[:2], seed=0).dtype == np.float32
