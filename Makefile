@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= pipeline.yaml
 PROFILE ?= quick
 
-.PHONY: run test install clean
+.PHONY: run test install bench clean
 
 run: $(STAMP)
 	$(BIN)/cmr-synth run $(CONFIG) --profile $(PROFILE)
@@ -15,6 +15,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 install: $(STAMP)
+
+bench: $(STAMP)
+	for b in throughput loading ddp_scaling memory; do $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 # torch first, from the pinned CPU wheel; everything else under the same constraints so that
 # nothing can pull a CUDA build of torch.

@@ -195,11 +195,15 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
              "average pooled output of every encoder level and the bottleneck), synthetic vs real training slices; "
              "noise floor = the same distance between two disjoint patient halves of the real training slices. "
              "Memorised: fraction of synthetic slices closer (normalised L2) to a training slice than any two "
-             "real patients' slices are; flagged above the configured fraction. Diversity: mean |difference| between "
+             "real patients' slices are and also more similar by SSIM (than any real pair, and than "
+             "quality.memorisation_min_ssim); flagged above the configured fraction. Diversity: mean |difference| between "
              "style seeds of the same mask, and its ratio to the difference between masks (about 0 = style ignored). "
              "Intensities: mean of each structure's pixels in [0, 1]. All columns: quality/quality.csv.")
     for fraction, at in table.groupby("fraction", sort=True):
-        shown = at[[c for c in QUALITY_COLUMNS if c in at.columns]].rename(columns=QUALITY_COLUMNS)
+        shown = at[[c for c in QUALITY_COLUMNS if c in at.columns]].copy()
+        if "kid_mean" in shown:  # KID is small (1e-4 .. 1e-2): three decimals would show zeros
+            shown["kid_mean"] = shown["kid_mean"].map(lambda v: f"{v:.2e}")
+        shown = shown.rename(columns=QUALITY_COLUMNS)
         doc.para(f"Fraction {fraction:g} of the real training patients:")
         doc.table(shown)
     fraction = min(table["fraction"])

@@ -25,6 +25,10 @@ from pipeline.config import PipelineConfig, to_dict
 from pipeline.logs import get_logger
 from segmentation.runtime import DistributedContext
 
+# Settings that change how fast or how visibly a unit is computed, not its result: left out of unit keys, so a
+# run moved to a GPU (or given more loader workers) keeps its cached units. Checkpoints resume across them too.
+RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
+                              "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -157,13 +161,12 @@ class Run:
 def prepare(run: Run) -> dict[str, Any]:
     from data.cache import prepare_cases, voxel_sha1
     from data.layouts import list_cases
+    from data.phantom import PHANTOM_VERSION, write_phantom
     from data.splits import duplicate_patients, make_split, write_split
 
     cfg, log = run.cfg, get_logger()
     stage_dir = run.stage_dir("prepare")
     if not cfg.data.root:
-        from data.phantom import PHANTOM_VERSION, write_phantom
-
         key = stable_hash("phantom", PHANTOM_VERSION, cfg.data.phantom_patients, cfg.data.phantom_seed)
         run.unit(stage_dir / "phantom", key, lambda d: {"patients": len(
             write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed))})
@@ -177,7 +180,7 @@ def prepare(run: Run) -> dict[str, Any]:
         hashes.setdefault(ref.patient_id, []).append(voxel_sha1(ref.image_path))
     linked = duplicate_patients(hashes)
     for group in linked:
-        log.warning(f"patients {', '.join(sorted(group))} share identical image files: kept on one side of the "
+        log.warning(f"patients {', '.join(sorted(group))} have voxel-identical images: kept on one side of the "
                     f"split")
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
@@ -189,8 +192,6 @@ def prepare(run: Run) -> dict[str, Any]:
     extra = {}
     for test_set in cfg.data.extra_test_sets:
         if not test_set.root:
-            from data.phantom import PHANTOM_VERSION, write_phantom
-
             key = stable_hash("phantom", PHANTOM_VERSION, test_set.phantom_patients, test_set.phantom_seed,
                               test_set.phantom_style)
             run.unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
@@ -239,7 +240,7 @@ def train_generator(run: Run) -> dict[str, Any]:
                 return dict(figures or {}, slices=int(len(masks)))
 
             unit = f"f{fraction:g}/{name}"
-            key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, to_dict(gen_cfg),
+            key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, result_settings(gen_cfg),
                               run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
             learned = isinstance(build_generator(name, gen_cfg), LearnedGenerator)
@@ -271,7 +272,7 @@ def synthesize(run: Run) -> dict[str, Any]:
                 synthetic_cases(run, fraction, name)  # preprocess once here, so the segmenters only read
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
-            key = stable_hash(gen_unit["key"], to_dict(scfg))
+            key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, to_dict(scfg.masks))
             results[unit] = {"key": key, **run.unit(run.stage_dir("synthesize") / unit, key, work)}
     return results
 
@@ -304,7 +305,7 @@ def train_segmenters(run: Run) -> dict[str, Any]:
             return _plain(result)
 
         key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
-                          dataclasses.asdict(seg), to_dict(run.cfg.segmentation), synth_key)
+                          dataclasses.asdict(seg), result_settings(run.cfg.segmentation), synth_key)
         get_logger().info(f"train_segmenters {seg.name}")
         results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
     return results
@@ -547,6 +548,11 @@ def _run_stage(run: Run, stage: str) -> dict[str, Any]:
         return stage_fn(run)  # every unit is done now: gather their results in order
     finally:
         run.mode = "ddp"
+
+
+def result_settings(section: Any) -> dict[str, Any]:
+    """A config section without its RUNTIME_SETTINGS: what a unit's key is made of."""
+    return {k: v for k, v in to_dict(section).items() if k not in RUNTIME_SETTINGS}
 
 
 def _plain(result: Any) -> dict[str, Any]:

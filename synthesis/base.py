@@ -169,12 +169,18 @@ def save_sample_grid(path: Path | str, masks: np.ndarray, rows: dict[str, np.nda
             axes[row, col].imshow(images[col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for row, label in enumerate(["mask", *rows]):
         axes[row, 0].set_ylabel(label, fontsize=8)
+    return save_image_grid(fig, axes, path, title)
+
+
+def save_image_grid(fig, axes: np.ndarray, path: Path | str, title: str = "", bottom: float = 0.01) -> Path:
+    """Finish a grid of images (no ticks, tight spacing, optional title) and write it as PNG atomically."""
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.93 if title else 0.99, wspace=0.03, hspace=0.03)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=bottom, top=0.93 if title else 0.99, wspace=0.03,
+                        hspace=0.03)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)

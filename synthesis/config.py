@@ -217,6 +217,9 @@ class QualityConfig:
     memorisation_flag_fraction: float = field(default=0.05, metadata={
         "min": 0.0, "max": 1.0, "help": "flag a set as memorising when more than this fraction of its slices "
                                         "is closer to a training slice than any two real patients' slices are"})
+    memorisation_min_ssim: float = field(default=0.5, metadata={
+        "min": 0.0, "max": 1.0, "help": "a slice counts as a copy only if its pair's SSIM is also above this (and "
+                                        "above every real-real pair's): near-copies score >= 0.9"})
     n_pairs: int = field(default=8, metadata={"min": 1, "max": 64,
                          "help": "closest synthetic-training pairs kept for the report grid"})
     diversity_masks: int = field(default=16, metadata={

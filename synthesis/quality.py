@@ -36,9 +36,9 @@ from monai.networks.nets import DynUNet, UNet
 from scipy import linalg
 from tqdm import tqdm
 
-from data.io import atomic_path
 from data.types import LABELS, STRUCTURES
 from segmentation.evaluate import one_hot, predict_probabilities
+from synthesis.base import save_image_grid
 from synthesis.config import QualityConfig
 
 DUPLICATE_DISTANCE = 1e-3  # normalised L2 below which two real slices count as the same image (r > 0.9999995)
@@ -205,19 +205,26 @@ class TrainingIndex:
         """The closest real-real pair: a slice closer than this to a training slice is suspicious."""
         return float(self.distance.min())
 
+    @property
+    def ssim_threshold(self) -> float:
+        """The most similar real-real pair by SSIM: a copy is also more similar than this."""
+        return float(self.ssim.max())
+
 
 @dataclass
 class MemorisationResult:
     distance: np.ndarray  # (M,) normalised L2 to the nearest training slice (0 = identical up to brightness/contrast)
     nearest: np.ndarray  # (M,) its index in the TrainingIndex
     ssim: np.ndarray  # (M,) SSIM (full resolution, data range 1) of each slice and its nearest training slice
-    memorised_fraction: float  # closer than the closest real-real (different patients) pair
+    memorised_fraction: float  # closer AND more similar (SSIM) than any real-real (different patients) pair
+    closer_than_real_fraction: float  # closer (normalised L2) than the closest real-real pair, whatever the SSIM
     below_real_p1_fraction: float  # closer than the 1st percentile of real-real nearest distances
     flagged: bool  # memorised_fraction > the configured flag fraction
     pairs: pd.DataFrame  # the closest pairs: set_index, train_index, distance, ssim (closest first)
 
     def summary(self, index: TrainingIndex) -> dict[str, Any]:
         return {"memorised_fraction": self.memorised_fraction,
+                "closer_than_real_fraction": self.closer_than_real_fraction,
                 "below_real_p1_fraction": self.below_real_p1_fraction,
                 "memorisation_flagged": bool(self.flagged),
                 "nn_distance_median": float(np.median(self.distance)),
@@ -229,6 +236,7 @@ class MemorisationResult:
                 "real_nn_distance_p1": float(np.percentile(index.distance, 1)),
                 "real_nn_distance_median": float(np.median(index.distance)),
                 "real_nn_ssim_median": float(np.median(index.ssim)),
+                "real_nn_ssim_max": index.ssim_threshold,
                 "real_duplicate_patients": " ".join(f"{a}={b}" for a, b in index.duplicates)}
 
 
@@ -254,7 +262,7 @@ def index_training_set(images: np.ndarray, groups: Sequence[str] | np.ndarray, s
 
 
 def memorisation(images: np.ndarray, index: TrainingIndex, *, flag_fraction: float = 0.05,
-                 n_pairs: int = 8) -> MemorisationResult:
+                 n_pairs: int = 8, min_ssim: float = 0.5) -> MemorisationResult:
     """Nearest real training slice of each slice in `images`; is the set made of (near-)copies?
 
     Distance: both slices area-downsampled to the index's size, centred and scaled to unit norm, then L2;
@@ -271,11 +279,13 @@ def memorisation(images: np.ndarray, index: TrainingIndex, *, flag_fraction: flo
                          f"{index.images.shape[1:]}")
     distance, nearest, _ = _nearest(_unit_vectors(images, index.size), index.vectors)
     ssim = pairwise_ssim(images, index.images[nearest])
-    fraction = float(np.mean(distance < index.threshold))
+    closer = distance < index.threshold
+    fraction = float(np.mean(closer & (ssim > max(index.ssim_threshold, min_ssim))))
     order = np.argsort(distance, kind="stable")[:n_pairs]
     pairs = pd.DataFrame({"set_index": order, "train_index": nearest[order], "distance": distance[order],
                           "ssim": ssim[order]})
     return MemorisationResult(distance=distance, nearest=nearest, ssim=ssim, memorised_fraction=fraction,
+                              closer_than_real_fraction=float(np.mean(closer)),
                               below_real_p1_fraction=float(np.mean(distance < np.percentile(index.distance, 1))),
                               flagged=fraction > flag_fraction, pairs=pairs)
 
@@ -515,7 +525,8 @@ def _score_set(ref: QualityReference, name: str, volumes: list[np.ndarray], styl
     images, masks = all_images[ref.set_indices], all_masks[ref.set_indices]
     features = segmenter_features(ref.model, images, cfg.batch_size, progress=cfg.progress)
     kid_mean, kid_sd = kernel_distance(ref.train_features, features, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-    mem = memorisation(images, ref.index, flag_fraction=cfg.memorisation_flag_fraction, n_pairs=cfg.n_pairs)
+    mem = memorisation(images, ref.index, flag_fraction=cfg.memorisation_flag_fraction, n_pairs=cfg.n_pairs,
+                       min_ssim=cfg.memorisation_min_ssim)
     intensity = intensity_stats(all_images, all_masks)
     row: dict[str, Any] = {"generator": name, "n_volumes": len(volumes), "n_slices": len(images),
                            "n_train_slices": len(ref.index.images), "feature_dim": features.shape[1]}
@@ -553,15 +564,7 @@ def save_pairs_grid(path: Path | str, synthetic: np.ndarray, real: np.ndarray, p
         axes[1, col].set_xlabel(f"d {pair.distance:.3f}\nSSIM {pair.ssim:.3f}", fontsize=7)
     axes[0, 0].set_ylabel("synthetic", fontsize=8)
     axes[1, 0].set_ylabel("nearest real", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.92 if title else 0.99, wspace=0.04, hspace=0.04)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return save_image_grid(fig, axes, path, title, bottom=0.12)
 
 
 # ----------------------------------------------------------------------------------------- helpers

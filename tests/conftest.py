@@ -35,3 +35,14 @@ def acdc_root() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def broken_compile(monkeypatch) -> None:
+    """torch.compile as it fails where no compiler works: the compiled module raises when called."""
+    def compile_(module, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", compile_)

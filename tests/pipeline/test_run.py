@@ -120,6 +120,15 @@ def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_roo
     assert not any(k.startswith("train_segmenters/") and "/real/" in k for k in changed)  # real arm untouched
 
 
+def test_runtime_settings_keep_the_cached_units(phantom_root, extra_sets, finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "segmentation.channels_last=true",
+                             "segmentation.num_workers=1", "synthesis.spade.device=cpu"))
+    assert done_stamps(run_dir) == before  # stages re-checked, but no unit trained or evaluated again
+
+
 def test_force_reruns_one_stage(phantom_root, extra_sets, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)

@@ -257,15 +257,9 @@ def test_a_single_process_context_without_torchrun(monkeypatch):
     barrier()  # no-op
 
 
-def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, tmp_path):
+def test_compile_failure_falls_back_to_eager_with_a_warning(broken_compile, tmp_path):
     from segmentation.train import train_segmenter
 
-    def broken_compile(module, *args, **kwargs):
-        def fail(*a, **k):
-            raise RuntimeError("no compiler here")
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
     train, val = cases()
     cfg = dataclasses.replace(config(), steps=2, val_every=2, compile=True, augment=False)
     with pytest.warns(UserWarning, match="torch.compile failed .*no compiler here.*training without it"):

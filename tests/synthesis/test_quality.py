@@ -175,6 +175,21 @@ def test_independent_images_are_not_flagged(train_index, kind):
     assert np.median(result.distance) >= np.median(train_index.distance) * (1.0 if kind == "noise" else 0.5)
 
 
+def test_a_copy_must_be_close_and_structurally_similar(train_index):
+    """Noise-free images of new masks correlate with the noisy training slices better than two noisy real
+    slices do (distance alone flags them); counted as copies only when their SSIM passes the floor too."""
+    masks, _ = toy_pairs(40, SIZE, seed=11)
+    smooth = TISSUE[masks].astype(np.float32)
+    loose = memorisation(smooth, train_index, min_ssim=0.0)
+    assert loose.closer_than_real_fraction > 0.05 and loose.flagged  # toy masks barely differ: near-copies
+    floor = float(np.max(loose.ssim)) + 1e-3
+    strict = memorisation(smooth, train_index, min_ssim=floor)
+    assert strict.closer_than_real_fraction == loose.closer_than_real_fraction
+    assert strict.memorised_fraction == 0.0 and not strict.flagged
+    copies = np.clip(train_index.images[:8] * 0.8 + 0.1, 0, 1)
+    assert memorisation(copies, train_index, min_ssim=0.9).memorised_fraction == 1.0  # real copies pass any floor
+
+
 def test_real_reference_skips_slices_of_the_same_patient(train_index):
     """Each patient's ED and ES are near-copies; only other patients count for the real-real threshold."""
     doubled = np.concatenate([train_index.images, np.clip(train_index.images + 0.01, 0, 1)])
