@@ -1,1 +1,12 @@
-"""synthesis stage."""
+"""Synthesis stage: mask -> image generators, their training loop, mask sources, writers and quality metrics.
+
+- `base`        Generator interface and registry (build_generator, load_generator), sample grids
+- `config`      one config section per generator, the mask sources and the quality metrics
+- `generators`  gmm (non-learned label -> image), spade, pix2pix, cvae
+- `train`       fit_loop: the one training loop of the learned generators (EMA, grids, checkpoints, DDP);
+                `diffaugment` the differentiable augmentation its discriminators see
+- `masks`       real, deformed and sampled masks with plausibility checks; `shape_model` samples new ones
+- `synthesize`  writes synthetic volumes (NIfTI + masks, ACDC-like) and manifest.csv
+- `quality`     segmentation consistency, Fréchet distance/KID, memorisation, diversity, intensities
+- `export_nnunet`, `cli`  nnU-Net v2 export and the `synthesize` / `export-nnunet` commands
+"""
