@@ -220,7 +220,8 @@ def prepare_key(run: Run) -> str:
 
 
 def train_generator(run: Run) -> dict[str, Any]:
-    from synthesis.base import build_generator
+    import synthesis.generators  # noqa: F401  (fills the registry)
+    from synthesis.base import REGISTRY, build_generator
     from synthesis.train import LearnedGenerator
 
     results = {}
@@ -243,7 +244,7 @@ def train_generator(run: Run) -> dict[str, Any]:
             key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, result_settings(gen_cfg),
                               run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
-            learned = isinstance(build_generator(name, gen_cfg), LearnedGenerator)
+            learned = issubclass(REGISTRY[name], LearnedGenerator)
             results[unit] = {"key": key, **run.unit(run.stage_dir("train_generator") / unit, key, work,
                                                     ddp=learned)}
     return results

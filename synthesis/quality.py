@@ -22,6 +22,7 @@ segmenter, which generators, where the CSV goes) is the pipeline's.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -30,14 +31,13 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from monai.metrics import DiceMetric, SSIMMetric
+from monai.metrics import SSIMMetric
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import DynUNet, UNet
 from scipy import linalg
 from tqdm import tqdm
 
-from data.types import LABELS, STRUCTURES
-from segmentation.evaluate import one_hot, predict_probabilities
+from data.types import LABELS
 from synthesis.base import save_image_grid
 from synthesis.config import QualityConfig
 
@@ -391,24 +391,21 @@ def intensity_stats(images: np.ndarray, masks: np.ndarray) -> pd.DataFrame:
 
 
 def segmentation_consistency(model: torch.nn.Module, images_by_case: Sequence[np.ndarray],
-                             masks_by_case: Sequence[np.ndarray], batch_size: int = 32, *,
-                             progress: bool = False) -> dict[str, float]:
+                             masks_by_case: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, float]:
     """3D Dice (per structure and mean, averaged over volumes) of the model's prediction on each (S, H, W)
-    volume against its mask. Same convention as the segmentation stage: both empty -> 1, one empty -> 0."""
+    volume against its mask: the segmentation stage's validation Dice (`segmentation.train.evaluate`,
+    both empty -> 1, one empty -> 0), on volumes that need not be PreparedCases."""
+    from segmentation.train import evaluate
+
     if len(images_by_case) != len(masks_by_case) or not len(images_by_case):
         raise ValueError(f"segmentation_consistency: expected as many masks as image volumes (>= 1), got "
                          f"{len(images_by_case)} volumes and {len(masks_by_case)} masks")
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
-    for image, mask in tqdm(list(zip(images_by_case, masks_by_case)), desc="consistency", disable=not progress,
-                            leave=False, mininterval=2.0):
+    for image, mask in zip(images_by_case, masks_by_case):
         if np.shape(image) != np.shape(mask):
             raise ValueError(f"segmentation_consistency: volume {np.shape(image)} and mask {np.shape(mask)} differ")
-        probs = predict_probabilities(model, np.asarray(image, np.float32), batch_size)
-        metric(y_pred=one_hot(probs.argmax(axis=0)), y=one_hot(mask))
-    per_structure = metric.aggregate().cpu().numpy()
-    scores = {name: float(v) for name, v in zip(STRUCTURES, per_structure)}
-    scores["mean"] = float(np.mean(per_structure))
-    return scores
+    cases = [SimpleNamespace(image=np.asarray(image, np.float32), mask=mask)
+             for image, mask in zip(images_by_case, masks_by_case)]
+    return evaluate(model, cases, batch_size)
 
 
 # ----------------------------------------------------------------------------------------- one row
@@ -465,8 +462,7 @@ def build_reference(model: torch.nn.Module, heldout_cases: Sequence[CaseLike], t
     return QualityReference(
         model=model, cfg=cfg, heldout_images=heldout_images, heldout_masks=heldout_masks, set_indices=set_indices,
         train_features=train_features, index=index,
-        real_consistency=segmentation_consistency(model, heldout_images, heldout_masks, cfg.batch_size,
-                                                  progress=cfg.progress),
+        real_consistency=segmentation_consistency(model, heldout_images, heldout_masks, cfg.batch_size),
         noise_floor=_noise_floor(train_features, index.groups, len(set_indices), cfg, rng),
         diversity_slices=_diversity_slices(heldout_masks, cfg.diversity_masks))
 
@@ -519,8 +515,7 @@ def _score_set(ref: QualityReference, name: str, volumes: list[np.ndarray], styl
                consistency: dict[str, float] | None = None) -> QualityResult:
     """One row: the same code for a generator's volumes and for the real held-out ones."""
     cfg = ref.cfg
-    consistency = consistency or segmentation_consistency(ref.model, volumes, ref.heldout_masks, cfg.batch_size,
-                                                          progress=cfg.progress)
+    consistency = consistency or segmentation_consistency(ref.model, volumes, ref.heldout_masks, cfg.batch_size)
     all_images, all_masks = np.concatenate(volumes), np.concatenate(ref.heldout_masks)
     images, masks = all_images[ref.set_indices], all_masks[ref.set_indices]
     features = segmenter_features(ref.model, images, cfg.batch_size, progress=cfg.progress)
