@@ -280,7 +280,7 @@ def _generator_grid(run: "Run", name: str) -> plt.Figure | None:
     cases = run.patient_cases(run.split["val"])[:5]
     images = np.stack([c.image[_mid(c.image, c.mask)] for c in cases])
     masks = np.stack([c.mask[_mid(c.image, c.mask)] for c in cases])
-    rows = [("real", images)] + [(f"seed {s}", generator.sample(masks, seed=s)) for s in (0, 1)]
+    rows = [("real", images)] + [(f"seed {s}", generator.sample(masks, seed=s, context=images)) for s in (0, 1)]
     fig, axes = plt.subplots(len(rows) + 1, len(cases), figsize=(2.2 * len(cases), 2.2 * (len(rows) + 1)),
                              squeeze=False)
     for j in range(len(cases)):

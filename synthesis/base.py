@@ -2,7 +2,9 @@
 
 Adding a generator = one subclass + `@register("name")` (in `synthesis/generators/`). Images are float32 in
 [0, 1] (the data stage's normalisation); masks are uint8 in the internal convention (0 bg, 1 RV, 2 MYO, 3 LV).
-Both are (N, H, W). A saved generator is one torch file `{"format", "generator", "config", "state"}` that
+Both are (N, H, W). A generator with `tissue_classes` > 0 also conditions on the torso: `sample` then takes
+`context`, the real slices each mask was drawn or deformed from, and labels their background with tissue
+classes fitted on its training slices (`synthesis.tissue`). A saved generator is one torch file `{"format", "generator", "config", "state"}` that
 `load_generator` reads without knowing the class beforehand.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from data.io import atomic_path, load_torch, save_torch
 from data.types import LABELS, NUM_CLASSES, DataError
 from synthesis.config import GeneratorConfig, config_from_dict
+from synthesis.tissue import TissueClasses
 
 REGISTRY: dict[str, type["Generator"]] = {}
 FILE_FORMAT = 1
@@ -42,6 +45,7 @@ class Generator(ABC):
             raise TypeError(f"{type(self).__name__}: expected a {self.config_class.__name__}, "
                             f"got {type(config).__name__}")
         self.config = config if config is not None else self.config_class()
+        self.tissue: TissueClasses | None = None  # fitted on the training slices when config.tissue_classes
 
     @abstractmethod
     def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path, *, seed: int = 0,
@@ -54,9 +58,11 @@ class Generator(ABC):
         """
 
     @abstractmethod
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None) -> np.ndarray:
         """Images for `masks` (N, H, W). One style/noise code, drawn from `seed`, is shared by all N slices so
-        that a stack of slices from one 3D mask looks like one scan; the same seed gives the same images."""
+        that a stack of slices from one 3D mask looks like one scan; the same seed gives the same images.
+        `context`: the real slices (N, H, W) the masks come from (warped alike for deformed masks), or None;
+        generators conditioned on tissue classes or keeping the real background need it."""
 
     @abstractmethod
     def state(self) -> dict[str, Any]:
@@ -65,6 +71,31 @@ class Generator(ABC):
     @abstractmethod
     def restore(self, state: dict[str, Any]) -> None:
         """Inverse of `state` on a freshly built generator."""
+
+    # ------------------------------------------------------------------------------- tissue classes
+    @property
+    def n_labels(self) -> int:
+        """Labels of the condition maps this generator reads: the heart's, plus its tissue classes."""
+        return self.tissue.n_labels if self.tissue is not None else NUM_CLASSES
+
+    def fit_tissue(self, masks: np.ndarray, images: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Fit the tissue classes on the training slices (when configured); their condition maps."""
+        k = getattr(self.config, "tissue_classes", 0)
+        if not k:
+            self.tissue = None
+            return masks
+        self.tissue = TissueClasses.fit(masks, images, k, smooth_px=self.config.tissue_smooth_px, seed=seed)
+        return self.tissue.label(masks, images)
+
+    def conditions(self, masks: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        """The condition map of heart `masks`: tissue classes of `context`'s background, or the masks as they are."""
+        if self.tissue is None:
+            return masks
+        if context is None:
+            raise ValueError(f"{self.name}: conditioned on {self.tissue.n_classes} tissue classes, so sampling needs "
+                             f"the real slices the masks come from (context); masks sampled from the shape model "
+                             f"have none: use the mask sources 'real' and 'deformed'")
+        return self.tissue.label(masks, check_context(context, masks))
 
     def save(self, path: Path | str) -> Path:
         """Write everything needed to sample later (weights + config), atomically."""
@@ -136,6 +167,16 @@ def check_masks(masks: np.ndarray, shape: tuple[int, int] | None = None, divisor
     return masks.astype(np.uint8, copy=False)
 
 
+def check_context(context: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Real slices given with masks: the masks' shape, finite, float32."""
+    context = np.asarray(context, dtype=np.float32)
+    if context.shape != masks.shape:
+        raise ValueError(f"context: expected the masks' shape {masks.shape}, got {context.shape}")
+    if not np.isfinite(context).all():
+        raise ValueError("context: contains NaN or Inf")
+    return context
+
+
 def check_pair(masks: np.ndarray, images: np.ndarray, divisor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Training pairs: same (N, H, W) shape, at least one slice, finite images in [0, 1]."""
     masks = check_masks(masks, divisor=divisor)
@@ -153,6 +194,14 @@ def check_pair(masks: np.ndarray, images: np.ndarray, divisor: int = 1) -> tuple
 
 # ---------------------------------------------------------------------------------------------- figures
 LABEL_COLOURS = np.array([[0, 0, 0], [0.20, 0.45, 0.95], [0.95, 0.75, 0.15], [0.90, 0.20, 0.20]], np.float32)
+TISSUE_GREYS = np.linspace(0.12, 0.6, 8, dtype=np.float32)  # tissue class k of a condition map: a grey
+
+
+def label_colours(labels: np.ndarray) -> np.ndarray:
+    """RGB picture of a label or condition map: the heart in colour, tissue classes in greys."""
+    labels = np.asarray(labels)
+    greys = np.repeat(TISSUE_GREYS[:, None], 3, axis=1)
+    return np.concatenate([LABEL_COLOURS, greys])[np.clip(labels, 0, NUM_CLASSES + len(greys) - 1)]
 
 
 def save_sample_grid(path: Path | str, masks: np.ndarray, rows: dict[str, np.ndarray], title: str = "") -> Path:
@@ -164,7 +213,7 @@ def save_sample_grid(path: Path | str, masks: np.ndarray, rows: dict[str, np.nda
     fig = Figure(figsize=(1.6 * n_cols, 1.6 * n_rows + (0.3 if title else 0)), dpi=100)
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
     for col in range(n_cols):
-        axes[0, col].imshow(LABEL_COLOURS[masks[col]], interpolation="nearest")
+        axes[0, col].imshow(label_colours(masks[col]), interpolation="nearest")
         for row, images in enumerate(rows.values(), start=1):
             axes[row, col].imshow(images[col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for row, label in enumerate(["mask", *rows]):

@@ -20,6 +20,14 @@ DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 class GeneratorConfig:
     """Base of every generator's section (the registry's `config_class`)."""
 
+    tissue_classes: int = field(default=0, metadata={
+        "choices": [0, 2, 3, 4, 5, 6, 8],
+        "help": "condition on the torso too: K intensity classes of the background (1-D k-means of the training "
+                "slices' background, `synthesis.tissue`) label the real slice each mask comes from; 0 = the heart "
+                "mask only. Needs mask sources with a real slice (real, deformed), not `sampled`"})
+    tissue_smooth_px: float = field(default=1.0, metadata={
+        "min": 0.0, "max": 10.0, "help": "Gaussian smoothing (pixels) of a slice before its background is classed"})
+
 
 @dataclass
 class GMMConfig(GeneratorConfig):
@@ -46,6 +54,11 @@ class GMMConfig(GeneratorConfig):
     noise_std: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5,
                              "help": "largest Rician noise level (drawn per volume from [0, noise_std]; "
                                      "intensity units of the [0, 1] images)"})
+    background: str = field(default="synthetic", metadata={
+        "choices": ["synthetic", "real"],
+        "help": "synthetic: painted, by tissue class (tissue_classes > 0) or as random regions; real: the real "
+                "slice the mask was drawn or deformed from (warped alike) is kept and only the heart is "
+                "synthesised (background-preserving mode; needs mask sources real/deformed)"})
 
 
 @dataclass

@@ -91,6 +91,7 @@ class MaskDraw:
     seed: int  # reproduces the stack: deform_stack / ShapeModel.sample with default_rng(seed); 0 for `real`
     slice_spacing_mm: float | None = None
     inplane_spacing_mm: float | None = None
+    image: np.ndarray | None = None  # (S, H, W) the real slices the mask comes from, warped alike; None if sampled
 
 
 @dataclass
@@ -137,6 +138,13 @@ def deform_stack(mask: np.ndarray, rng: np.random.Generator, cfg: DeformConfig |
     Labels are resampled as one-hot channels with linear interpolation and put back together by argmax, which keeps
     a 1-2 pixel myocardium connected where nearest-neighbour sampling would break it.
     """
+    return deform_pair(mask, None, rng, cfg)[0]
+
+
+def deform_pair(mask: np.ndarray, image: np.ndarray | None, rng: np.random.Generator,
+                cfg: DeformConfig | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`deform_stack`, and the image under the very same warp (linear, edges extended), so the two stay a pair;
+    the same rng state gives the same mask with or without an image."""
     cfg = cfg or DeformConfig()
     mask = _check_stack(mask)
     n_slices, h, w = mask.shape
@@ -147,7 +155,13 @@ def deform_stack(mask: np.ndarray, rng: np.random.Generator, cfg: DeformConfig |
     channels = [ndimage.map_coordinates((mask == label).astype(np.float32), coords, order=1, mode="constant",
                                         cval=1.0 if label == BG else 0.0)
                 for label in range(NUM_CLASSES)]
-    return np.argmax(np.stack(channels), axis=0).astype(np.uint8)
+    warped = None
+    if image is not None:
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape != mask.shape:
+            raise ValueError(f"image: expected the mask's shape {mask.shape}, got {image.shape}")
+        warped = ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
+    return np.argmax(np.stack(channels), axis=0).astype(np.uint8), warped
 
 
 def _displacement(mask: np.ndarray, rng: np.random.Generator, cfg: DeformConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +312,7 @@ def draw_masks(source_mix: dict[str, float], cases: Sequence[PreparedCase], n_vo
         if source == "real":
             report.stats("real").tried += 1
             report.stats("real").accepted += 1
-            draws.append(_draw(case.mask.astype(np.uint8), "real", case, seed=0))
+            draws.append(_draw(case.mask.astype(np.uint8), "real", case, seed=0, image=case.image))
         else:
             draws.append(_generate(source, case, rng, cfg, report, shape_model))
     return draws, report
@@ -319,17 +333,22 @@ def _generate(source: str, case: PreparedCase, rng: np.random.Generator, cfg: Ma
         reasons = problem_reasons(stack, rv_gap_px=cfg.rv_gap_px, tolerance_px=cfg.tolerance_px)
         if not reasons:
             stats.accepted += 1
-            return _draw(stack, source, case, try_seed, shape_model=source == "sampled")
+            image = None  # a sampled shape has no real slice behind it
+            if source == "deformed" and case.image is not None:
+                image = deform_pair(case.mask, case.image, np.random.default_rng(try_seed), cfg.deform)[1]
+            return _draw(stack, source, case, try_seed, shape_model=source == "sampled", image=image)
         stats.rejected.update(reasons)
     fix = "weaken the deformation" if source == "deformed" else "add shape_components or training cases"
     raise RuntimeError(f"{source}: no plausible stack in {cfg.max_tries} tries from {case.case_id} "
                        f"(most common problems: {stats.rejected.most_common(3)}); {fix} or raise max_tries")
 
 
-def _draw(mask: np.ndarray, source: str, case: PreparedCase, seed: int, shape_model: bool = False) -> MaskDraw:
+def _draw(mask: np.ndarray, source: str, case: PreparedCase, seed: int, shape_model: bool = False,
+          image: np.ndarray | None = None) -> MaskDraw:
     slice_mm, inplane_mm = case_spacing(case)
     return MaskDraw(mask=mask, source=source, source_case="shape_model" if shape_model else case.case_id,
-                    seed=seed, slice_spacing_mm=slice_mm, inplane_spacing_mm=inplane_mm)
+                    seed=seed, slice_spacing_mm=slice_mm, inplane_spacing_mm=inplane_mm,
+                    image=None if image is None else np.asarray(image, dtype=np.float32))
 
 
 def case_spacing(case: PreparedCase) -> tuple[float | None, float | None]:

@@ -45,7 +45,7 @@ DUPLICATE_DISTANCE = 1e-3  # normalised L2 below which two real slices count as 
 
 
 class Sampler(Protocol):  # synthesis.base.Generator, or anything with its `sample`
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray: ...
+    def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class CaseLike(Protocol):  # data.types.PreparedCase
@@ -339,7 +339,8 @@ def pairwise_ssim(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ diversity
 
 
-def diversity(generator: Sampler, masks: np.ndarray, n_styles: int = 4, seed: int = 0) -> dict[str, Any]:
+def diversity(generator: Sampler, masks: np.ndarray, n_styles: int = 4, seed: int = 0,
+              context: np.ndarray | None = None) -> dict[str, Any]:
     """How much do images change with the style seed alone? ~0 = mode collapse.
 
     Each mask (best from different patients) is sampled with `n_styles` seeds (seed, seed + 1, ...).
@@ -354,7 +355,8 @@ def diversity(generator: Sampler, masks: np.ndarray, n_styles: int = 4, seed: in
         raise ValueError(f"diversity: masks must be (N, H, W) with N >= 1, got shape {masks.shape}")
     if n_styles < 2:
         raise ValueError(f"diversity: n_styles must be >= 2, got {n_styles}")
-    samples = np.stack([np.asarray(generator.sample(masks, seed=seed + s), np.float32) for s in range(n_styles)])
+    samples = np.stack([np.asarray(generator.sample(masks, seed=seed + s, context=context), np.float32)
+                        for s in range(n_styles)])
     pairs = list(combinations(range(n_styles), 2))
     first = np.concatenate([samples[i] for i, _ in pairs])
     second = np.concatenate([samples[j] for _, j in pairs])
@@ -430,6 +432,10 @@ class QualityReference:
     def diversity_masks(self) -> np.ndarray:
         return np.stack([self.heldout_masks[case][z] for case, z in self.diversity_slices])
 
+    @property
+    def diversity_images(self) -> np.ndarray:
+        return np.stack([self.heldout_images[case][z] for case, z in self.diversity_slices])
+
 
 @dataclass
 class QualityResult:
@@ -491,7 +497,7 @@ def reference_row(reference: QualityReference) -> QualityResult:
     generator would get at the same set sizes. No style seeds here, so of diversity only
     `diversity_between_l1` (between the real images of the diversity masks)."""
     ref = reference
-    real = np.stack([ref.heldout_images[case][z] for case, z in ref.diversity_slices])
+    real = ref.diversity_images
     styles = {"diversity_l1": np.nan, "diversity_one_minus_ssim": np.nan,
               "diversity_between_l1": between_l1_distance(real[None]), "diversity_ratio": np.nan}
     return _score_set(ref, "real", ref.heldout_images, styles, ref.real_consistency)
@@ -501,13 +507,13 @@ def evaluate_generator(generator: Sampler, reference: QualityReference, name: st
     """The whole quality row of one generator: it synthesises one volume (one style seed, cfg.seed + i) per
     held-out mask volume, then every metric compares those images with the real side of `reference`."""
     ref, cfg = reference, reference.cfg
-    volumes = [np.asarray(generator.sample(mask, seed=cfg.seed + i), np.float32)
-               for i, mask in enumerate(tqdm(ref.heldout_masks, desc=f"synthesise {name}", leave=False,
+    volumes = [np.asarray(generator.sample(mask, seed=cfg.seed + i, context=image), np.float32)
+               for i, (mask, image) in enumerate(tqdm(list(zip(ref.heldout_masks, ref.heldout_images)), desc=f"synthesise {name}", leave=False,
                                              disable=not cfg.progress, mininterval=2.0))]
     for i, (volume, mask) in enumerate(zip(volumes, ref.heldout_masks)):
         if volume.shape != mask.shape:
             raise ValueError(f"generator {name!r}: returned shape {volume.shape} for masks {mask.shape} (case {i})")
-    styles = diversity(generator, ref.diversity_masks, cfg.n_styles, cfg.seed)
+    styles = diversity(generator, ref.diversity_masks, cfg.n_styles, cfg.seed, context=ref.diversity_images)
     return _score_set(ref, name or getattr(generator, "name", "") or type(generator).__name__, volumes, styles)
 
 

@@ -62,7 +62,7 @@ def synthesize_dataset(generator, mask_draws: Sequence[MaskDraw], out_dir: Path 
         image_path = case_dir / f"{case}_frame{FRAME:02d}.nii.gz"
         mask_path = case_dir / f"{case}_frame{FRAME:02d}_gt.nii.gz"
         if not _complete(case_dir, info, (image_path, mask_path)):
-            images = _check_images(generator.sample(draw.mask, seed=style_seed), draw.mask, name)
+            images = _check_images(generator.sample(draw.mask, seed=style_seed, context=draw.image), draw.mask, name)
             affine = np.diag([inplane_mm, inplane_mm, slice_mm, 1.0])
             write_nifti(image_path, images.transpose(1, 2, 0) * np.float32(intensity_scale), affine)
             write_nifti(mask_path, draw.mask.transpose(1, 2, 0), affine, is_label=True)

@@ -45,6 +45,7 @@ from data.types import NUM_CLASSES
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
+from synthesis.tissue import TissueClasses
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
 from synthesis.diffaugment import diff_augment
 
@@ -71,7 +72,7 @@ class Batch(NamedTuple):
     """This process's share of one global batch: samples [offset, offset + len) of `total`."""
 
     image: torch.Tensor  # (n, 1, H, W) in [-1, 1]
-    onehot: torch.Tensor  # (n, NUM_CLASSES, H, W)
+    onehot: torch.Tensor  # (n, n_labels, H, W): heart labels, then tissue classes (if any)
     offset: int = 0
     total: int = 0  # global batch size (0 = this batch is the whole batch)
     noise: torch.Generator | None = None  # seeded by (seed, step): the same on every rank
@@ -92,9 +93,9 @@ class Batch(NamedTuple):
         return out[self.offset:self.offset + n]
 
 
-def onehot(masks: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) integer labels -> (B, NUM_CLASSES, H, W) float."""
-    return F.one_hot(masks.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
+def onehot(masks: torch.Tensor, n_labels: int = NUM_CLASSES) -> torch.Tensor:
+    """(B, H, W) integer labels -> (B, n_labels, H, W) float."""
+    return F.one_hot(masks.long(), n_labels).permute(0, 3, 1, 2).float()
 
 
 def ema_avg_fn(decay: float):
@@ -197,14 +198,21 @@ class LearnedGenerator(Generator):
         masks, images = check_pair(masks, images, self.divisor)
         if dist is not None:
             self.device = dist.device  # the context's device wins (e.g. one GPU per process in a sweep)
+        conditions = self.fit_tissue(masks, images, seed)  # the tissue classes fix the network's input channels
         self.build(masks.shape[1:], training=True, seed=seed)
-        return fit_loop(self, masks, images, Path(out_dir), seed=seed, dist=dist)
+        return fit_loop(self, conditions, images, Path(out_dir), seed=seed, dist=dist)
 
-    @torch.no_grad()
-    def sample(self, masks: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None,
+               use_ema: bool = True) -> np.ndarray:
         if self.net is None:
             raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
         masks = check_masks(masks, self.image_shape)
+        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema)
+
+    @torch.no_grad()
+    def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
+        """Images for condition maps (heart labels, plus tissue classes when the generator has them)."""
+        masks = conditions
         seed = int(seed)
         net = self.ema.module if use_ema else self.net
         was_training = net.training
@@ -218,7 +226,7 @@ class LearnedGenerator(Generator):
                 m = torch.from_numpy(masks[start:start + chunk]).to(self.device)
                 with torch.random.fork_rng(devices=rng_devices(self.device)):
                     torch.manual_seed(seed)  # the same per-chunk noise (pix2pix dropout) for every chunk
-                    x = self.synthesize(net, onehot(m), None if z is None else z.expand(len(m), -1))
+                    x = self.synthesize(net, onehot(m, self.n_labels), None if z is None else z.expand(len(m), -1))
                 out.append(((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy())
         finally:
             net.train(was_training)
@@ -243,9 +251,15 @@ class LearnedGenerator(Generator):
         if self.net is None:
             raise RuntimeError(f"{self.name}: nothing to save before fit")
         return {"image_shape": list(self.image_shape), "net": _cpu(self.net.state_dict()),
-                "ema": _cpu(self.ema.module.state_dict())}
+                "ema": _cpu(self.ema.module.state_dict()),
+                "tissue": self.tissue.state() if self.tissue is not None else None}
 
     def restore(self, state: dict[str, Any]) -> None:
+        tissue = state.get("tissue")
+        self.tissue = TissueClasses.from_state(tissue) if tissue else None
+        if (self.tissue.n_classes if self.tissue else 0) != self.config.tissue_classes:
+            raise ValueError(f"saved with {self.tissue.n_classes if self.tissue else 0} tissue classes, config says "
+                             f"tissue_classes={self.config.tissue_classes}")
         self.build(tuple(state["image_shape"]), training=False)
         self.net.load_state_dict(state["net"])
         self.ema.module.load_state_dict(state["ema"])
@@ -284,7 +298,7 @@ def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out
         noise.manual_seed(int(rng.integers(2**62)))
         index = torch.from_numpy(index).to(model.device)
         return Batch(image=(images_t[index] * 2 - 1).unsqueeze(1).contiguous(memory_format=model.memory_format),
-                     onehot=onehot(masks_t[index]).contiguous(memory_format=model.memory_format),
+                     onehot=onehot(masks_t[index], model.n_labels).contiguous(memory_format=model.memory_format),
                      offset=share.start, total=cfg.batch_size, noise=noise)
 
     model.prepare_training(ctx, batch_of(start))
@@ -338,10 +352,10 @@ def grid_selection(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False))
 
 
-def write_grid(model: Generator, masks: np.ndarray, images: np.ndarray, path: Path, step: int) -> None:
+def write_grid(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, path: Path, step: int) -> None:
     rows = {"real": images}
     for s in range(model.config.grid_styles):
-        rows[f"seed {s}"] = model.sample(masks, seed=s)
+        rows[f"seed {s}"] = model.render(masks, seed=s)
     save_sample_grid(path, masks, rows, title=f"{model.name} step {step}")
 
 
@@ -479,7 +493,7 @@ class AdversarialGenerator(LearnedGenerator):
 
     def build_training(self) -> None:
         cfg = self.config
-        self.disc = build_discriminator(cfg, in_channels=1 + NUM_CLASSES, image_side=min(self.image_shape))
+        self.disc = build_discriminator(cfg, in_channels=1 + self.n_labels, image_side=min(self.image_shape))
         self.disc.to(self.device)
         self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.lr_g, betas=tuple(map(float, cfg.betas)))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(map(float, cfg.betas)))

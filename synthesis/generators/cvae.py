@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.types import NUM_CLASSES
 from synthesis.base import register
 from synthesis.config import CVAEConfig
 from synthesis.generators.spade import SpadeStyleNet, kl_divergence, reparameterize
@@ -31,7 +30,8 @@ class CVAEGenerator(LearnedGenerator):
         cfg = self.config
         self.z_dim = cfg.z_dim
         return SpadeStyleNet(image_shape, cfg.channels, cfg.spade_hidden, cfg.z_dim, cfg.head_channels,
-                             encoder_in_channels=1 + NUM_CLASSES, upsampling=cfg.upsampling)
+                             encoder_in_channels=1 + self.n_labels, upsampling=cfg.upsampling,
+                             label_nc=self.n_labels)
 
     def build_training(self) -> None:
         cfg = self.config

@@ -12,6 +12,15 @@ sample, per volume (= per seed), all slices sharing one draw:
    of the label's fitted fine-scale spread;
 3. MONAI transforms: Gaussian blur (partial volume), one polynomial bias field for the whole volume, Rician
    noise; clipped to [0, 1].
+
+Two ways to put the torso back (issue 8: the heart mask leaves it unconstrained), both from the real slice a mask
+was drawn or deformed from (`context`):
+
+* `tissue_classes` = K > 0: the background of that slice is labelled with K intensity classes fitted on the
+  training slices (`synthesis.tissue`); each class is one more label of the joint Gaussian of step 1, so the
+  torso keeps its real layout (lungs, chest wall, liver) with randomised, correlated intensities;
+* `background: real`: the real slice is kept outside the heart and only the heart is painted (blended over
+  the partial-volume edge), a background-preserving mode.
 """
 from __future__ import annotations
 
@@ -23,9 +32,9 @@ from monai.transforms import Compose, GaussianSmooth, RandBiasField, RandRicianN
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
-from data.types import NUM_CLASSES
-from synthesis.base import Generator, check_masks, check_pair, register, save_sample_grid
+from synthesis.base import Generator, check_context, check_masks, check_pair, register, save_sample_grid
 from synthesis.config import GMMConfig
+from synthesis.tissue import TissueClasses
 
 MIN_PIXELS = 20  # a structure smaller than this in a slice says little about its intensity
 TEXTURE_SCALE_PX = 2.0  # "fine scale": detail finer than a Gaussian of this sigma (pixels)
@@ -45,44 +54,57 @@ class GMMGenerator(Generator):
             dist: Any = None) -> dict[str, Any]:
         masks, images = check_pair(masks, images)
         rng = np.random.default_rng(seed)
-        per_slice = np.full((len(masks), NUM_CLASSES), np.nan)  # mean of each label in each slice
-        texture = np.full((len(masks), NUM_CLASSES), np.nan)  # fine-scale spread inside each label
+        labels = self.fit_tissue(masks, images, seed)  # heart labels, + tissue classes when configured
+        n_labels = self.n_labels
+        per_slice = np.full((len(masks), n_labels), np.nan)  # mean of each label in each slice
+        texture = np.full((len(masks), n_labels), np.nan)  # fine-scale spread inside each label
         detail = images - ndimage.gaussian_filter(images, sigma=(0, TEXTURE_SCALE_PX, TEXTURE_SCALE_PX))
-        for i, (m, x) in enumerate(zip(masks, images)):
-            for k in range(NUM_CLASSES):
+        for i, (m, x) in enumerate(zip(labels, images)):
+            for k in np.unique(m):
                 inside = m == k
                 if inside.sum() >= MIN_PIXELS:
                     per_slice[i, k] = x[inside].mean()
                     core = ndimage.binary_erosion(inside)  # away from edges: texture, not partial volume
                     texture[i, k] = detail[i][core if core.sum() >= MIN_PIXELS else inside].std()
-        missing = [k for k in range(NUM_CLASSES) if np.isnan(per_slice[:, k]).all()]
+        present = ~np.isnan(per_slice).all(axis=0)  # label 0 is absent when every background pixel has a class
+        missing = [k for k in range(n_labels) if not present[k] and (k > 0 or self.tissue is None)]
         if missing:
             raise ValueError(f"masks: labels {missing} never cover {MIN_PIXELS} pixels in a slice; cannot fit their "
                              f"intensities")
-        complete = per_slice[~np.isnan(per_slice).any(axis=1)]
-        mean = np.nanmean(per_slice, axis=0)
-        if len(complete) >= 2 * NUM_CLASSES:
-            cov = np.cov(complete, rowvar=False)
-        else:  # too few slices with every structure: independent spreads
-            cov = np.diag(np.nan_to_num(np.nanvar(per_slice, axis=0)))
         background = images[masks == 0]
         background = rng.choice(background, min(len(background), 50_000), replace=False)
         weights, means, sds = fit_gmm_1d(background, self.config.bg_components)
-        self.params = {"style_mean": mean, "style_cov": cov, "texture_sd": np.nanmedian(texture, axis=0),
+        mean = np.where(present, np.nanmean(np.where(present, per_slice, 0.0), axis=0), float(weights @ means))
+        complete = per_slice[:, present][~np.isnan(per_slice[:, present]).any(axis=1)]
+        cov = np.zeros((n_labels, n_labels))
+        if len(complete) >= 2 * present.sum():
+            cov[np.ix_(present, present)] = np.cov(complete, rowvar=False)
+        else:  # too few slices with every label: independent spreads
+            cov[np.ix_(present, present)] = np.diag(np.nan_to_num(np.nanvar(per_slice[:, present], axis=0)))
+        texture_sd = np.nanmedian(np.where(present, texture, np.nanmedian(texture)), axis=0)
+        self.params = {"style_mean": mean, "style_cov": cov, "texture_sd": texture_sd,
                        "bg_weights": weights, "bg_means": means, "bg_sds": sds}
         out_dir = Path(out_dir)
         grid = np.sort(rng.choice(len(masks), min(GRID_MASKS, len(masks)), replace=False))
-        rows = {"real": images[grid], **{f"seed {s}": self.sample(masks[grid], seed=s) for s in range(GRID_STYLES)}}
-        save_sample_grid(out_dir / "samples" / "step_000000.png", masks[grid], rows, title="gmm")
+        rows = {"real": images[grid], **{f"seed {s}": self.sample(masks[grid], seed=s, context=images[grid])
+                                         for s in range(GRID_STYLES)}}
+        save_sample_grid(out_dir / "samples" / "step_000000.png", labels[grid], rows, title="gmm")
         return {"slices_fitted": int(len(masks)), "slices_with_all_labels": int(len(complete)),
                 "label_means": [round(float(v), 4) for v in mean],
+                "tissue_thresholds": list(self.tissue.thresholds) if self.tissue else [],
                 "background_components": [[round(float(v), 4) for v in row] for row in (weights, means, sds)]}
 
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None) -> np.ndarray:
         if self.params is None:
             raise RuntimeError("gmm: fit or load the generator before sampling")
         masks = check_masks(masks)
         cfg, p = self.config, self.params
+        if cfg.background == "real" and context is None:
+            raise ValueError("gmm: background 'real' keeps the real slices the masks come from, so sampling needs "
+                             "them (context); masks sampled from the shape model have none: use the mask sources "
+                             "'real' and 'deformed'")
+        # label 0 (background without a class) only where no real slice tells the tissue: random regions there
+        labels = self.conditions(masks, context) if context is not None else masks
         rng = np.random.default_rng(seed)
         n, h, w = masks.shape
         if n == 0:
@@ -92,25 +114,39 @@ class GMMGenerator(Generator):
         bg_means = p["bg_means"] + (label_means[0] - p["style_mean"][0])
         component = quantile_regions(smooth_noise(rng, (n, h, w), cfg.bg_blob_sigma), p["bg_weights"])
         background = region_intensities(component, bg_means, p["bg_sds"], rng)
-        texture = smooth_noise(rng, (n, h, w), cfg.texture_sigma) * p["texture_sd"][masks] * cfg.texture_scale
-        image = np.where(masks == 0, background, label_means[masks]) + texture
-        blur = [GaussianSmooth(sigma=cfg.partial_volume_sigma)] if cfg.partial_volume_sigma > 0 else []
-        finish = Compose(blur + [
+        texture = smooth_noise(rng, (n, h, w), cfg.texture_sigma) * p["texture_sd"][labels] * cfg.texture_scale
+        image = np.where(labels == 0, background, label_means[labels]) + texture
+        blur = GaussianSmooth(sigma=cfg.partial_volume_sigma) if cfg.partial_volume_sigma > 0 else None
+        # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
+        image = image.astype(np.float32)
+        if blur is not None:
+            image = convert_to_numpy(blur(image))
+        if cfg.background == "real":  # the real slice outside the heart, blended over the partial-volume edge
+            heart = (masks > 0).astype(np.float32)
+            weight = np.clip(convert_to_numpy(blur(heart)), 0, 1) if blur is not None else heart
+            image = weight * image + (1 - weight) * check_context(context, masks)
+        finish = Compose([
             RandBiasField(degree=cfg.bias_field_degree, coeff_range=(-cfg.bias_field_coeff, cfg.bias_field_coeff),
                           prob=1.0),
             RandRicianNoise(prob=1.0, std=cfg.noise_std, sample_std=True),
         ])
         finish.set_random_state(seed=int(rng.integers(2**31)))
-        # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
         image = convert_to_numpy(finish(image.astype(np.float32)))
         return np.clip(image, 0.0, 1.0).astype(np.float32)
 
     def state(self) -> dict[str, Any]:
         if self.params is None:
             raise RuntimeError("gmm: nothing to save before fit")
-        return {k: v.tolist() for k, v in self.params.items()}
+        return {**{k: v.tolist() for k, v in self.params.items()},
+                "tissue": self.tissue.state() if self.tissue is not None else None}
 
     def restore(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        tissue = state.pop("tissue", None)
+        self.tissue = TissueClasses.from_state(tissue) if tissue else None
+        if (self.tissue.n_classes if self.tissue else 0) != self.config.tissue_classes:
+            raise ValueError(f"saved with {self.tissue.n_classes if self.tissue else 0} tissue classes, config says "
+                             f"tissue_classes={self.config.tissue_classes}")
         self.params = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
 
 

@@ -45,9 +45,9 @@ class SharedDropout(nn.Dropout):
 class UNetGenerator(nn.Module):
     """(one-hot mask, unused z) -> image in [-1, 1]."""
 
-    def __init__(self, features: list[int], dropout: float):
+    def __init__(self, features: list[int], dropout: float, in_channels: int = NUM_CLASSES):
         super().__init__()
-        self.unet = BasicUNet(spatial_dims=2, in_channels=NUM_CLASSES, out_channels=1, features=tuple(features),
+        self.unet = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=1, features=tuple(features),
                               act=("LEAKYRELU", {"negative_slope": 0.2}), norm="INSTANCE", dropout=dropout,
                               upsample="nontrainable")
         noisy = {"upcat_4", "upcat_3", "upcat_2"}  # as pix2pix: the coarser decoder blocks only; dropout at
@@ -69,7 +69,7 @@ class Pix2PixGenerator(AdversarialGenerator):
     def build_network(self, image_shape: tuple[int, int]) -> nn.Module:
         cfg = self.config
         self.z_dim = 0
-        return UNetGenerator(cfg.features, cfg.dropout)
+        return UNetGenerator(cfg.features, cfg.dropout, in_channels=self.n_labels)
 
     def generator_forward(self, batch: Batch):
         dropouts = [m for m in self.net.modules() if isinstance(m, SharedDropout)]

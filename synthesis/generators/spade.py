@@ -31,13 +31,14 @@ class SpadeStyleNet(nn.Module):
     """(one-hot mask, z) -> image in [-1, 1]; optional encoder image(+mask) -> (mu, logvar)."""
 
     def __init__(self, image_shape: tuple[int, int], channels: list[int], spade_hidden: int, z_dim: int,
-                 head_channels: int, encoder_in_channels: int = 0, upsampling: str = "nearest"):
+                 head_channels: int, encoder_in_channels: int = 0, upsampling: str = "nearest",
+                 label_nc: int = NUM_CLASSES):
         super().__init__()
         self.encoder = None
         if encoder_in_channels:
             self.encoder = SPADEEncoder(spatial_dims=2, in_channels=encoder_in_channels, z_dim=z_dim,
                                         channels=list(channels), input_shape=list(image_shape), act=LEAKY)
-        self.decoder = SPADEDecoder(spatial_dims=2, out_channels=head_channels, label_nc=NUM_CLASSES,
+        self.decoder = SPADEDecoder(spatial_dims=2, out_channels=head_channels, label_nc=label_nc,
                                     input_shape=list(image_shape), channels=list(reversed(channels)), z_dim=z_dim,
                                     is_vae=True, spade_intermediate_channels=spade_hidden, act=LEAKY,
                                     last_act=LEAKY, upsampling_mode=upsampling)
@@ -73,7 +74,8 @@ class SpadeGenerator(AdversarialGenerator):
         cfg = self.config
         self.z_dim = cfg.z_dim
         return SpadeStyleNet(image_shape, cfg.channels, cfg.spade_hidden, cfg.z_dim, cfg.head_channels,
-                             encoder_in_channels=1 if cfg.is_vae else 0, upsampling=cfg.upsampling)
+                             encoder_in_channels=1 if cfg.is_vae else 0, upsampling=cfg.upsampling,
+                             label_nc=self.n_labels)
 
     def generator_forward(self, batch: Batch):
         cfg = self.config

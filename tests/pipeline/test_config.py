@@ -48,6 +48,11 @@ def test_profile_and_overrides_apply_in_order(tmp_path):
     ({"data": {"preprocess": {"crop_size": 100}}}, [], "crop_size = 100 must be divisible by"),
     ({"data": {"layout": "bids"}}, [], "data.layout = 'bids' is not allowed"),
     ({"synthesis": {"masks": {"source_mix": {"real": 1.0, "drawn": 1.0}}}}, [], "drawn"),
+    ({"synthesis": {"gmm": {"tissue_classes": 1}}}, [], "synthesis.gmm.tissue_classes = 1 is not allowed"),
+    ({"synthesis": {"masks": {"source_mix": {"sampled": 1.0}}, "gmm": {"tissue_classes": 4}},
+      "experiment": {"generators": ["gmm"]}}, [], "synthesis.gmm.tissue_classes needs the real slice"),
+    ({"synthesis": {"masks": {"source_mix": {"real": 1.0, "sampled": 1.0}}, "gmm": {"background": "real"}},
+      "experiment": {"generators": ["gmm"]}}, [], "synthesis.gmm.background needs the real slice"),
     ({}, ["segmentation.lr"], "expected key=value"),
     ({"profile": "fast"}, [], "unknown profile 'fast'"),
 ])

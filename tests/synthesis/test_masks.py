@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from data.types import CaseRef, PreparedCase
 from synthesis import masks as M
-from synthesis.masks import (DeformConfig, MaskConfig, deform_stack, draw_masks, parse_source_mix,
+from synthesis.masks import (DeformConfig, MaskConfig, deform_pair, deform_stack, draw_masks, parse_source_mix,
                              plausibility_problems, problem_reasons)
 
 H = W = 64
@@ -39,7 +40,7 @@ def heart_stack(scale: float = 1.0) -> np.ndarray:
 
 def case(mask: np.ndarray, patient: str) -> PreparedCase:
     ref = CaseRef(patient_id=patient, phase="ED", image_path=None, mask_path=None)  # type: ignore[arg-type]
-    return PreparedCase(ref=ref, image=np.zeros(mask.shape, np.float32), mask=mask, geometry=None)
+    return PreparedCase(ref=ref, image=(mask / 3.0).astype(np.float32), mask=mask, geometry=None)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,16 @@ def test_deformation_is_reproducible_by_seed():
     assert (a != deform_stack(stack, np.random.default_rng(8))).any()
 
 
+def test_an_image_is_warped_with_its_mask():
+    """The real slice behind a deformed mask gets the very same warp, so the two stay a pair."""
+    stack = heart_stack()
+    mask, image = deform_pair(stack, stack.astype(np.float32), np.random.default_rng(3), DeformConfig())
+    assert (mask == deform_stack(stack, np.random.default_rng(3), DeformConfig())).all()  # the image changes nothing
+    heart = ndimage.binary_erosion(mask > 0, iterations=2)  # inside (not on the edge) the labels carry over
+    assert (np.rint(image[heart]) == mask[heart]).mean() > 0.97
+    assert (image[ndimage.binary_erosion(mask == 0, iterations=2)] < 0.5).all()
+
+
 # --------------------------------------------------------------------------------------------------- draws
 def test_draw_masks_is_deterministic_and_honours_the_mix(cases):
     mix = {"real": 0.4, "deformed": 0.6}
@@ -177,6 +188,20 @@ def test_draws_are_traceable_to_their_source(cases):
             assert plausibility_problems(d.mask) == []
     real = [d.source_case for d in draws if d.source == "real"]
     assert len(set(real)) == len(real)  # real draws walk distinct cases first
+
+
+def test_draws_carry_the_real_slices_they_come_from(cases):
+    by_id = {c.case_id: c for c in cases}
+    draws, _ = draw_masks({"real": 1, "deformed": 1, "sampled": 1}, cases, 6, seed=0)
+    for d in draws:
+        if d.source == "real":
+            np.testing.assert_array_equal(d.image, by_id[d.source_case].image)
+        elif d.source == "deformed":
+            source = by_id[d.source_case]
+            _, expected = deform_pair(source.mask, source.image, np.random.default_rng(d.seed), DeformConfig())
+            np.testing.assert_array_equal(d.image, expected)
+        else:  # a shape drawn from the model has no real slice behind it
+            assert d.image is None
 
 
 def test_rejections_are_counted_by_reason(cases, monkeypatch):

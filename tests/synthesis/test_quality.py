@@ -41,7 +41,7 @@ class PerfectSegmenter(torch.nn.Module):
 class StyledGenerator:
     """Label intensities scaled by a per-seed factor, plus per-seed noise: the seed matters."""
 
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context=None) -> np.ndarray:
         rng = np.random.default_rng(seed)
         image = TISSUE[masks] * rng.uniform(0.6, 1.2) + rng.normal(0, 0.05, masks.shape)
         return np.clip(image, 0, 1).astype(np.float32)
@@ -50,7 +50,7 @@ class StyledGenerator:
 class CollapsedGenerator:
     """Ignores the seed: one image per mask."""
 
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context=None) -> np.ndarray:
         return StyledGenerator().sample(masks, seed=0)
 
 
@@ -60,7 +60,7 @@ class CopyGenerator:
     def __init__(self, train_images: np.ndarray):
         self.train_images = train_images
 
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context=None) -> np.ndarray:
         rng = np.random.default_rng(seed)
         return self.train_images[rng.choice(len(self.train_images), len(masks))].copy()
 

@@ -23,7 +23,7 @@ class RecordingGenerator:
     def __init__(self):
         self.calls: list[tuple[np.ndarray, int]] = []
 
-    def sample(self, masks: np.ndarray, *, seed: int) -> np.ndarray:
+    def sample(self, masks: np.ndarray, *, seed: int, context=None) -> np.ndarray:
         self.calls.append((masks.copy(), seed))
         rng = np.random.default_rng(seed)
         levels = np.array([0.1, 0.45, 0.3, 0.8]) * rng.uniform(0.7, 1.2)
@@ -152,7 +152,7 @@ def test_spacing_comes_from_the_draw_and_is_checked(tmp_path):
 ])
 def test_bad_generator_output_is_a_clear_error(tmp_path, bad, match):
     class Broken(RecordingGenerator):
-        def sample(self, masks, *, seed):
+        def sample(self, masks, *, seed, context=None):
             return bad(masks)
 
     with pytest.raises(ValueError, match=match):
