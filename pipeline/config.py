@@ -36,6 +36,10 @@ class ExperimentConfig:
         "choices": list(ARMS), "min_len": 1, "help": "training arms; real+synthetic/synthetic run once per generator"})
     generators: list[str] = field(default_factory=lambda: ["spade", "gmm"], metadata={
         "help": "generators compared (names of the synthesis registry)"})
+    mixtures: list[str] = field(default_factory=list, metadata={
+        "help": "pooled synthetic sets such as 'gmm+cvae': the synthetic arms run once more on the union of those "
+                "generators' volumes (each one listed in generators), e.g. to combine one generator's variety "
+                "with another's realism"})
     bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})
 
 
@@ -258,6 +262,12 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         if name not in REGISTRY:
             raise ConfigError(f"{source}: experiment.generators[{i}] = {name!r} is not a generator; "
                               f"choose from {sorted(REGISTRY)}")
+    for i, mixture in enumerate(cfg.experiment.mixtures):
+        parts = mixture.split("+")
+        if len(parts) < 2 or len(set(parts)) != len(parts) or not set(parts) <= set(cfg.experiment.generators):
+            raise ConfigError(f"{source}: experiment.mixtures[{i}] = {mixture!r}: expected two or more different "
+                              f"generators joined by '+', each listed in experiment.generators "
+                              f"{cfg.experiment.generators}")
     for name in cfg.experiment.generators:
         factor = cfg.synthesis.size_divisor(name)
         if crop % factor:

@@ -39,7 +39,7 @@ class Segmenter:
 
     fraction: float
     arm: str
-    generator: str  # "" for the real arm
+    generator: str  # "" for the real arm; "a+b" for a mixture (experiment.mixtures)
     seed: int
 
     @property
@@ -152,7 +152,7 @@ class Run:
         runs = []
         for fraction in exp.fractions:
             for arm in exp.arms:
-                for generator in ([""] if arm == "real" else exp.generators):
+                for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
                     runs.extend(Segmenter(fraction, arm, generator, seed) for seed in exp.seeds)
         return runs
 
@@ -279,12 +279,24 @@ def synthesize(run: Run) -> dict[str, Any]:
 
 
 def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedCase]:
-    """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit)."""
+    """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit); for a
+    mixture 'a+b', the volumes of every part (their case names start with `synth_<generator>_`, so they never
+    collide)."""
     from data.cache import prepare_cases
     from data.layouts import list_cases
 
+    if "+" in generator:
+        return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part)]
     root = run.stage_dir("synthesize") / f"f{fraction:g}" / generator / "cases"
     return prepare_cases(list_cases(root, "acdc"), run.cfg.data.preprocess, root.parent / "cache")
+
+
+def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
+    """The key of the synthetic data a segmenter trains on: its synthesize unit's, or all of a mixture's parts'."""
+    if not seg.generator:
+        return None
+    keys = [synthesized[f"f{seg.fraction:g}/{part}"]["key"] for part in seg.generator.split("+")]
+    return keys[0] if len(keys) == 1 else stable_hash(*keys)
 
 
 def train_segmenters(run: Run) -> dict[str, Any]:
@@ -296,7 +308,7 @@ def train_segmenters(run: Run) -> dict[str, Any]:
     results = {}
     for seg in run.segmenters():
         real_cases = run.patient_cases(run.fraction_patients(seg.fraction))
-        synth_key = synth[f"f{seg.fraction:g}/{seg.generator}"]["key"] if seg.generator else None
+        synth_key = synthetic_key(synth, seg)
 
         def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator) if seg.generator else None

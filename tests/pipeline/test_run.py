@@ -6,6 +6,8 @@ import re
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -191,3 +193,49 @@ def test_quality_only_study_trains_and_judges_generators_without_synthetic_train
     assert list(pd.read_csv(run_dir / "quality" / "quality.csv")["generator"]) == ["real", "gmm"]
     md = (run_dir / "report" / "report.md").read_text()
     assert "changes mean Dice" not in md and "## Synthetic data quality" in md
+
+
+def test_tissue_classes_are_fitted_on_the_fraction_training_patients_only(phantom_root, tmp_path):
+    """Torso conditioning: the cut points a generator stores come from its fraction's training slices, never from
+    validation or test patients, and the synthetic volumes are written with heart labels only."""
+    from synthesis.base import load_generator
+    from synthesis.tissue import TissueClasses
+
+    cfg = tiny_config(phantom_root, tmp_path / "run", "experiment.fractions=[0.5]", "synthesis.gmm.tissue_classes=3",
+                      "experiment.arms=[real+synthetic]")
+    run = run_pipeline(cfg, stages=("prepare", "train_generator", "synthesize"))
+    generator = load_generator(tmp_path / "run" / "train_generator" / "f0.5" / "gmm" / "generator.pt")
+    train = run.patient_cases(run.fraction_patients(0.5))
+    seen = TissueClasses.fit(np.concatenate([c.mask for c in train]), np.concatenate([c.image for c in train]), 3,
+                             seed=cfg.synthesis.seed)
+    assert generator.tissue == seen
+    everything = train + run.patient_cases(run.split["val"]) + run.patient_cases(run.split["test"])
+    assert TissueClasses.fit(np.concatenate([c.mask for c in everything]),
+                             np.concatenate([c.image for c in everything]), 3, seed=cfg.synthesis.seed) != seen
+    masks = [nib.load(p).get_fdata() for p in (tmp_path / "run" / "synthesize").rglob("*_gt.nii.gz")]
+    assert masks and all(set(np.unique(m)) <= {0, 1, 2, 3} for m in masks)
+
+
+def test_a_mixture_trains_on_the_union_of_its_generators_volumes(phantom_root, tmp_path):
+    from pipeline.run import synthetic_cases
+
+    cvae = ["synthesis.cvae.steps=2", "synthesis.cvae.batch_size=2", "synthesis.cvae.channels=[4, 8]",
+            "synthesis.cvae.spade_hidden=4", "synthesis.cvae.head_channels=4", "synthesis.cvae.z_dim=2",
+            "synthesis.cvae.progress=false"]
+    cfg = tiny_config(phantom_root, tmp_path / "run", "experiment.fractions=[1.0]", "experiment.generators=[gmm, cvae]",
+                      "experiment.mixtures=[gmm+cvae]", "quality.enabled=false", *cvae)
+    run = run_pipeline(cfg)
+    pooled = {c.case_id for c in synthetic_cases(run, 1.0, "gmm+cvae")}
+    parts = [{c.case_id for c in synthetic_cases(run, 1.0, g)} for g in ("gmm", "cvae")]
+    assert pooled == parts[0] | parts[1] and not parts[0] & parts[1]
+    per_case = pd.read_csv(tmp_path / "run" / "evaluate" / "per_case.csv", keep_default_na=False)
+    assert set(per_case["generator"]) == {"", "gmm", "cvae", "gmm+cvae"}
+    assert "real+synthetic (gmm+cvae)" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("mixture", ["gmm", "gmm+gmm", "gmm+spade"])
+def test_a_mixture_must_pool_listed_generators(phantom_root, tmp_path, mixture):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"experiment.mixtures\[0\]"):
+        tiny_config(phantom_root, tmp_path, f"experiment.mixtures=[{mixture}]")
