@@ -22,6 +22,14 @@ def test_repository_yaml_loads_in_every_profile(profile):
     assert isinstance(cfg, PipelineConfig) and cfg.profile == profile
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_load_in_every_profile(path):
+    """The experiment configs of the README (ACDC) pass the same checks as pipeline.yaml, in each profile."""
+    profiles = yaml.safe_load(path.read_text()).get("profiles") or {}
+    for profile in profiles or [None]:
+        assert isinstance(load_config(path, profile=profile), PipelineConfig)
+
+
 def test_repository_yaml_documents_every_key():
     text = (REPO / "pipeline.yaml").read_text()
     base = text.split("\nprofiles:")[0]
