@@ -29,6 +29,7 @@ from segmentation.runtime import DistributedContext
 # run moved to a GPU (or given more loader workers) keeps its cached units. Checkpoints resume across them too.
 RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
                               "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
+SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -317,8 +318,11 @@ def train_segmenters(run: Run) -> dict[str, Any]:
                                      dist=run.train_context())
             return _plain(result)
 
+        settings = result_settings(run.cfg.segmentation)
+        if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
+            settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
         key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
-                          dataclasses.asdict(seg), result_settings(run.cfg.segmentation), synth_key)
+                          dataclasses.asdict(seg), settings, synth_key)
         get_logger().info(f"train_segmenters {seg.name}")
         results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
     return results

@@ -122,6 +122,17 @@ def test_changing_a_generator_setting_reruns_only_what_depends_on_it(phantom_roo
     assert not any(k.startswith("train_segmenters/") and "/real/" in k for k in changed)  # real arm untouched
 
 
+def test_the_synthetic_share_keeps_the_real_arm_cached(phantom_root, extra_sets, finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "segmentation.synthetic_ratio=0.25"))
+    after = done_stamps(run_dir)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert any(k.startswith("train_segmenters/") and "synthetic" in k for k in changed)
+    assert not any(k.startswith("train_segmenters/") and "/real/" in k for k in changed)
+
+
 def test_runtime_settings_keep_the_cached_units(phantom_root, extra_sets, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
