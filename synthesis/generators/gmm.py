@@ -117,7 +117,6 @@ class GMMGenerator(Generator):
         texture = smooth_noise(rng, (n, h, w), cfg.texture_sigma) * p["texture_sd"][labels] * cfg.texture_scale
         image = np.where(labels == 0, background, label_means[labels]) + texture
         blur = GaussianSmooth(sigma=cfg.partial_volume_sigma) if cfg.partial_volume_sigma > 0 else None
-        # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
         image = image.astype(np.float32)
         if blur is not None:
             image = convert_to_numpy(blur(image))
@@ -125,6 +124,7 @@ class GMMGenerator(Generator):
             heart = (masks > 0).astype(np.float32)
             weight = np.clip(convert_to_numpy(blur(heart)), 0, 1) if blur is not None else heart
             image = weight * image + (1 - weight) * check_context(context, masks)
+        # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
         finish = Compose([
             RandBiasField(degree=cfg.bias_field_degree, coeff_range=(-cfg.bias_field_coeff, cfg.bias_field_coeff),
                           prob=1.0),
