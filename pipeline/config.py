@@ -281,13 +281,12 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         raise ConfigError(f"{source}: synthesis.masks.{exc}") from exc
     if cfg.synthesis.masks.source_mix.get("sampled", 0) > 0:
         for name in cfg.experiment.generators:
-            gen_cfg = cfg.synthesis.generator_config(name)
-            needs = ("tissue_classes" if gen_cfg.tissue_classes else
-                     "background: real" if getattr(gen_cfg, "background", "") == "real" else "")
+            needs = cfg.synthesis.generator_config(name).context_settings()
             if needs:
-                raise ConfigError(f"{source}: synthesis.{name}.{needs.split(':')[0]} needs the real slice behind each "
-                                  f"mask, which masks sampled from the shape model lack: set "
-                                  f"synthesis.masks.source_mix.sampled to 0 or drop {needs}")
+                key = needs[0]
+                raise ConfigError(f"{source}: synthesis.{name}.{key} needs the real slice behind each mask, which "
+                                  f"masks sampled from the shape model lack: set synthesis.masks.source_mix.sampled "
+                                  f"to 0 or change synthesis.{name}.{key}")
     names = [t.name for t in cfg.data.extra_test_sets]
     for i, name in enumerate(names):
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):

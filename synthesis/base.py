@@ -80,12 +80,23 @@ class Generator(ABC):
 
     def fit_tissue(self, masks: np.ndarray, images: np.ndarray, seed: int = 0) -> np.ndarray:
         """Fit the tissue classes on the training slices (when configured); their condition maps."""
-        k = getattr(self.config, "tissue_classes", 0)
+        k = self.config.tissue_classes
         if not k:
             self.tissue = None
             return masks
         self.tissue = TissueClasses.fit(masks, images, k, smooth_px=self.config.tissue_smooth_px, seed=seed)
         return self.tissue.label(masks, images)
+
+    def tissue_state(self) -> dict[str, Any] | None:
+        """The fitted tissue classes, for `state` (None without them)."""
+        return self.tissue.state() if self.tissue is not None else None
+
+    def restore_tissue(self, state: dict[str, Any] | None) -> None:
+        """Inverse of `tissue_state`; a file whose class count differs from the config is refused."""
+        self.tissue = TissueClasses.from_state(state) if state else None
+        saved = self.tissue.n_classes if self.tissue else 0
+        if saved != self.config.tissue_classes:
+            raise ValueError(f"saved with {saved} tissue classes, config says tissue_classes={self.config.tissue_classes}")
 
     def conditions(self, masks: np.ndarray, context: np.ndarray | None) -> np.ndarray:
         """The condition map of heart `masks`: tissue classes of `context`'s background, or the masks as they are."""

@@ -28,6 +28,10 @@ class GeneratorConfig:
     tissue_smooth_px: float = field(default=1.0, metadata={
         "min": 0.0, "max": 10.0, "help": "Gaussian smoothing (pixels) of a slice before its background is classed"})
 
+    def context_settings(self) -> list[str]:
+        """The settings, as set here, that need the real slice behind each mask (`sample`'s context)."""
+        return ["tissue_classes"] if self.tissue_classes else []
+
 
 @dataclass
 class GMMConfig(GeneratorConfig):
@@ -59,6 +63,9 @@ class GMMConfig(GeneratorConfig):
         "help": "synthetic: painted, by tissue class (tissue_classes > 0) or as random regions; real: the real "
                 "slice the mask was drawn or deformed from (warped alike) is kept and only the heart is "
                 "synthesised (background-preserving mode; needs mask sources real/deformed)"})
+
+    def context_settings(self) -> list[str]:
+        return super().context_settings() + (["background"] if self.background == "real" else [])
 
 
 @dataclass

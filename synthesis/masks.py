@@ -324,18 +324,15 @@ def _generate(source: str, case: PreparedCase, rng: np.random.Generator, cfg: Ma
     stats = report.stats(source)
     for _ in range(cfg.max_tries):
         try_seed = int(rng.integers(2**31 - 1))
-        if source == "deformed":
-            stack = deform_stack(case.mask, np.random.default_rng(try_seed), cfg.deform)
-        else:  # sampled: the template only lends its number of slices and spacing
-            stack = shape_model.sample(np.random.default_rng(try_seed), n_slices=case.mask.shape[0],
-                                       size=case.mask.shape[1:])
+        if source == "deformed":  # the real slices under the same warp, so the pair stays a pair
+            stack, image = deform_pair(case.mask, case.image, np.random.default_rng(try_seed), cfg.deform)
+        else:  # sampled: the template only lends its number of slices and spacing; no real slice behind it
+            stack, image = shape_model.sample(np.random.default_rng(try_seed), n_slices=case.mask.shape[0],
+                                              size=case.mask.shape[1:]), None
         stats.tried += 1
         reasons = problem_reasons(stack, rv_gap_px=cfg.rv_gap_px, tolerance_px=cfg.tolerance_px)
         if not reasons:
             stats.accepted += 1
-            image = None  # a sampled shape has no real slice behind it
-            if source == "deformed" and case.image is not None:
-                image = deform_pair(case.mask, case.image, np.random.default_rng(try_seed), cfg.deform)[1]
             return _draw(stack, source, case, try_seed, shape_model=source == "sampled", image=image)
         stats.rejected.update(reasons)
     fix = "weaken the deformation" if source == "deformed" else "add shape_components or training cases"

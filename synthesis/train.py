@@ -45,7 +45,6 @@ from data.types import NUM_CLASSES
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
-from synthesis.tissue import TissueClasses
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
 from synthesis.diffaugment import diff_augment
 
@@ -212,7 +211,6 @@ class LearnedGenerator(Generator):
     @torch.no_grad()
     def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
         """Images for condition maps (heart labels, plus tissue classes when the generator has them)."""
-        masks = conditions
         seed = int(seed)
         net = self.ema.module if use_ema else self.net
         was_training = net.training
@@ -222,15 +220,15 @@ class LearnedGenerator(Generator):
             z = torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
         out = []
         try:
-            for start in range(0, len(masks), chunk):
-                m = torch.from_numpy(masks[start:start + chunk]).to(self.device)
+            for start in range(0, len(conditions), chunk):
+                m = torch.from_numpy(conditions[start:start + chunk]).to(self.device)
                 with torch.random.fork_rng(devices=rng_devices(self.device)):
                     torch.manual_seed(seed)  # the same per-chunk noise (pix2pix dropout) for every chunk
                     x = self.synthesize(net, onehot(m, self.n_labels), None if z is None else z.expand(len(m), -1))
                 out.append(((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy())
         finally:
             net.train(was_training)
-        return np.concatenate(out) if out else np.zeros(masks.shape, np.float32)
+        return np.concatenate(out) if out else np.zeros(conditions.shape, np.float32)
 
     def _parts(self) -> dict[str, Any]:
         scaler = {"scaler": self.scaler} if self.scaler is not None and self.scaler.is_enabled() else {}
@@ -252,14 +250,10 @@ class LearnedGenerator(Generator):
             raise RuntimeError(f"{self.name}: nothing to save before fit")
         return {"image_shape": list(self.image_shape), "net": _cpu(self.net.state_dict()),
                 "ema": _cpu(self.ema.module.state_dict()),
-                "tissue": self.tissue.state() if self.tissue is not None else None}
+                "tissue": self.tissue_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        tissue = state.get("tissue")
-        self.tissue = TissueClasses.from_state(tissue) if tissue else None
-        if (self.tissue.n_classes if self.tissue else 0) != self.config.tissue_classes:
-            raise ValueError(f"saved with {self.tissue.n_classes if self.tissue else 0} tissue classes, config says "
-                             f"tissue_classes={self.config.tissue_classes}")
+        self.restore_tissue(state.get("tissue"))  # before build: the classes fix the input channels
         self.build(tuple(state["image_shape"]), training=False)
         self.net.load_state_dict(state["net"])
         self.ema.module.load_state_dict(state["ema"])

@@ -34,7 +34,6 @@ from scipy import ndimage
 
 from synthesis.base import Generator, check_context, check_masks, check_pair, register, save_sample_grid
 from synthesis.config import GMMConfig
-from synthesis.tissue import TissueClasses
 
 MIN_PIXELS = 20  # a structure smaller than this in a slice says little about its intensity
 TEXTURE_SCALE_PX = 2.0  # "fine scale": detail finer than a Gaussian of this sigma (pixels)
@@ -137,16 +136,11 @@ class GMMGenerator(Generator):
     def state(self) -> dict[str, Any]:
         if self.params is None:
             raise RuntimeError("gmm: nothing to save before fit")
-        return {**{k: v.tolist() for k, v in self.params.items()},
-                "tissue": self.tissue.state() if self.tissue is not None else None}
+        return {**{k: v.tolist() for k, v in self.params.items()}, "tissue": self.tissue_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        tissue = state.pop("tissue", None)
-        self.tissue = TissueClasses.from_state(tissue) if tissue else None
-        if (self.tissue.n_classes if self.tissue else 0) != self.config.tissue_classes:
-            raise ValueError(f"saved with {self.tissue.n_classes if self.tissue else 0} tissue classes, config says "
-                             f"tissue_classes={self.config.tissue_classes}")
+        self.restore_tissue(state.pop("tissue", None))
         self.params = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
 
 

@@ -208,13 +208,13 @@ def test_rejections_are_counted_by_reason(cases, monkeypatch):
     broken = heart_stack()
     _rv_far_from_septum(broken)
     calls = {"n": 0}
-    real_deform = M.deform_stack
+    real_deform = M.deform_pair
 
-    def flaky(mask, rng, cfg=None):  # the first two tries of every draw give an implausible stack
+    def flaky(mask, image, rng, cfg=None):  # the first two tries of every draw give an implausible stack
         calls["n"] += 1
-        return broken if calls["n"] % 3 else real_deform(mask, rng, cfg)
+        return (broken, image) if calls["n"] % 3 else real_deform(mask, image, rng, cfg)
 
-    monkeypatch.setattr(M, "deform_stack", flaky)
+    monkeypatch.setattr(M, "deform_pair", flaky)
     draws, report = draw_masks({"deformed": 1.0}, cases, 2, seed=0)
     stats = report.stats("deformed")
     assert (stats.tried, stats.accepted) == (6, 2)
