@@ -133,14 +133,17 @@ def write_report(run: "Run") -> dict[str, Path]:
     doc.heading("Results")
     doc.para("Per fraction and arm: mean ± sd over test cases (3D, original voxel grid) and seeds; HD95 in mm, "
              "EF errors in percentage points (per patient).")
-    doc.table(_results_table(summary))
+    doc.table(_results_table(summary, seeds))
     if len(seeds):
-        doc.para("Mean Dice over test patients, mean ± sd over seeds (evaluate/seeds.csv).")
+        doc.para("Mean Dice over test patients, mean ± sd over seeds (evaluate/seeds.csv). n_converged: segmenters "
+                 "whose validation Dice had flattened (experiment.plateau_window, plateau_min_delta); "
+                 "final_val_dice_mean: their validation Dice at the last step.")
         doc.table(seeds)
     if len(comparison):
         doc.para("Paired comparison with the real arm (evaluate/statistics.csv): difference in mean Dice, "
                  "bootstrap 95 % CI over test patients, Wilcoxon signed-rank p over patients; per-seed "
-                 "differences and a t-test over seeds.")
+                 "differences and a t-test over seeds. caveat: why a row is not evidence (segmenters not "
+                 "converged, or the real arm below experiment.real_dice_floor); empty when it can be read.")
         doc.table(comparison)
     doc.figure(_dice_vs_fraction(per_case, run.cfg.experiment.bootstrap_samples), "dice_vs_fraction",
                "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
@@ -221,11 +224,21 @@ def headline_table(run: "Run") -> str:
     ev = run.stage_dir("evaluate")
     seeds = read_table(ev / "seeds.csv")
     comparison = read_table(ev / "statistics.csv")
-    lines = ["fraction  condition                      mean Dice (sd over seeds)"]
+    lines = ["fraction  condition                      mean Dice (sd over seeds)  converged"]
     for row in seeds.itertuples():
         label = condition_label(row.arm, row.generator)
-        lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})")
+        lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
+                     f"{'':15}{convergence_note(row)}")
     return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
+
+
+def convergence_note(row: Any) -> str:
+    """'2/2 seeds' when every segmenter of a seeds.csv row converged, else the count and a warning."""
+    n_converged = getattr(row, "n_converged", None)
+    if n_converged is None or pd.isna(n_converged):
+        return ""
+    note = f"{int(n_converged)}/{int(row.n_seeds)} seeds"
+    return note if int(n_converged) == int(row.n_seeds) else f"{note}: NOT CONVERGED"
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -315,15 +328,20 @@ def _synthetic_examples(run: "Run", name: str) -> plt.Figure | None:
     return fig
 
 
-def _results_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv (long) -> one row per fraction x condition, one column per metric x structure."""
+def _results_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """summary.csv (long) -> one row per fraction x condition, one column per metric x structure; with seeds.csv,
+    a column saying how many of the condition's segmenters had converged, so no number stands unqualified."""
     if summary.empty:
         return summary
+    trained = {(float(r.fraction), r.arm, r.generator): convergence_note(r)
+               for r in seeds.itertuples()} if seeds is not None and "n_converged" in seeds else {}
     wanted = [("dice", s) for s in (*STRUCTURES, "mean")] + [("hd95", s) for s in STRUCTURES] + \
              [("ef_abs_err", "LV"), ("ef_abs_err", "RV")]
     rows = []
     for (fraction, arm, generator), at in summary.groupby(["fraction", "arm", "generator"], sort=True):
         row = {"fraction": f"{fraction:g}", "condition": condition_label(arm, generator)}
+        if trained:
+            row["converged"] = trained.get((float(fraction), arm, generator), "")
         for metric, structure in wanted:
             hit = at[(at["metric"] == metric) & (at["structure"] == structure)]
             if len(hit):

@@ -363,16 +363,47 @@ def evaluate(run: Run) -> dict[str, Any]:
         run.unit(stage_dir / seg.name, key, work)
         for name, found in frames.items():
             found.append(read_table(stage_dir / seg.name / name))
-    per_case = pd.concat(frames["per_case.csv"], ignore_index=True)
+    status = segmenter_status(run)
+    per_case = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
+    exp = run.cfg.experiment
     write_csv(per_case, stage_dir / "per_case.csv")
     write_csv(summarize(per_case), stage_dir / "summary.csv")
-    write_csv(compare_to_real(per_case, n_boot=run.cfg.experiment.bootstrap_samples), stage_dir / "statistics.csv")
+    write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
+              stage_dir / "statistics.csv")
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
-    extra = pd.concat(frames["per_case_extra.csv"], ignore_index=True)
+    extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
     write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples),
               stage_dir / "robustness.csv")
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
+
+
+STATUS_KEYS = ["fraction", "arm", "generator", "seed"]
+
+
+def segmenter_status(run: Run) -> pd.DataFrame:
+    """Per segmenter: its final validation Dice and whether its validation curve had flattened
+    (`segmentation.train.convergence`, read from its metrics.csv with the experiment's plateau settings)."""
+    from segmentation.train import read_convergence
+
+    exp, rows = run.cfg.experiment, []
+    for seg in run.segmenters():
+        state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
+                                 exp.plateau_window, exp.plateau_min_delta)
+        rows.append({"fraction": float(seg.fraction), "arm": seg.arm, "generator": seg.generator,
+                     "seed": int(seg.seed), "converged": state.converged, "final_val_dice": state.final_val_dice,
+                     "best_val_dice": state.best_val_dice, "val_dice_recent_gain": state.recent_gain})
+    return pd.DataFrame(rows, columns=STATUS_KEYS + ["converged", "final_val_dice", "best_val_dice",
+                                                     "val_dice_recent_gain"])
+
+
+def with_status(per_case: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
+    """`per_case` with each row's segmenter status (columns of `segmenter_status`) joined on."""
+    if per_case.empty:
+        return per_case
+    frame = per_case.assign(generator=per_case["generator"].fillna("").astype(str),
+                            fraction=per_case["fraction"].astype(float), seed=per_case["seed"].astype(int))
+    return frame.merge(status, on=STATUS_KEYS, how="left", validate="many_to_one")
 
 
 def quality(run: Run) -> dict[str, Any]:
@@ -492,8 +523,13 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
     stages run on rank 0 while the rest wait, and only rank 0 writes manifests. After the last training
     stage the process group is closed and rank 0 goes on alone (evaluation, quality, report): MONAI's
     metrics would otherwise try to gather their buffers from processes that are not evaluating."""
+    from segmentation.runtime import limit_threads, thread_budget
+
     log = get_logger()
     run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg))
+    threads = limit_threads()
+    log.info(f"torch threads: {threads} per process (budget {thread_budget()}: this process's cores / processes "
+             f"on this machine; OMP_NUM_THREADS lowers it)")
     wanted = stages or needed_stages(cfg)
     needed = needed_stages(cfg)
     for i, stage in enumerate(needed):

@@ -109,6 +109,26 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def thread_budget(processes: int | None = None) -> int:
+    """Intra-op threads one process may use: the cores this process may run on (its CPU affinity, which
+    containers and `taskset` narrow) divided by the processes sharing them on this machine (torchrun's
+    LOCAL_WORLD_SIZE), at least 1. Two processes with 2 threads each on 2 cores spin-wait on each other and run
+    many times slower than with 1 thread each."""
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
+
+
+def limit_threads(processes: int | None = None) -> int:
+    """Lower torch's intra-op threads to `thread_budget` (never raises them: OMP_NUM_THREADS=1 or an explicit
+    torch.set_num_threads stays as set); returns the number in use."""
+    budget = thread_budget(processes)
+    if torch.get_num_threads() > budget:
+        torch.set_num_threads(budget)
+    return torch.get_num_threads()
+
+
 @contextlib.contextmanager
 def determinism(seed: int, enabled: bool) -> Iterator[None]:
     """Seed python/numpy/torch (MONAI's set_determinism) and, if enabled, force deterministic kernels.

@@ -6,6 +6,11 @@ Two sources of variance matter and both are reported:
 - seeds: per seed, the metric is averaged over patients; the paired (same seed) differences get their mean,
   sd, the count of positive seeds and a paired t-test p-value (with 3 seeds a rank test cannot go below
   p = 0.25, so a t-test is the usable test there).
+
+A difference between networks that never converged, or against a real arm that segments badly, is noise with
+a confidence interval. When `per_case` carries the segmenters' `converged` flags (the evaluate stage adds
+them from each metrics.csv), every comparison says whether both arms converged and whether the real arm
+reached `real_dice_floor`; the headline then reports the number as not evidence instead of a gain or loss.
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ def condition_label(arm: str, generator: str | None) -> str:
 
 
 def compare_to_real(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot: int = 2000,
-                    seed: int = 0) -> pd.DataFrame:
-    """One row per fraction x non-real arm: the paired difference `arm - real` in `metric`."""
+                    seed: int = 0, real_dice_floor: float = 0.0) -> pd.DataFrame:
+    """One row per fraction x non-real arm: the paired difference `arm - real` in `metric`, and `caveat`:
+    '' when the comparison can be trusted, else why not (segmenters not converged, real arm below the floor)."""
     frame = per_case.copy()
     frame["generator"] = frame["generator"].fillna("")
     rows = []
@@ -52,8 +58,20 @@ def compare_to_real(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot
                 "seed_diff_sd": float(seed_diff.std(ddof=1)) if len(seed_diff) > 1 else np.nan,
                 "seeds_positive": int((seed_diff > 0).sum()),
                 "p_ttest_seeds": ttest_p(seed_diff),
+                **trust(real, other, real_dice_floor),
             })
     return pd.DataFrame(rows)
+
+
+def trust(real: pd.DataFrame, other: pd.DataFrame, real_dice_floor: float) -> dict[str, object]:
+    """Whether a comparison of `other` with `real` (their per-case rows) can be read as an effect."""
+    both = pd.concat([real, other])
+    converged = bool(both["converged"].astype(bool).all()) if "converged" in both else True
+    real_dice = float(real.groupby("patient")["dice_mean"].mean().mean()) if "dice_mean" in real else np.nan
+    below = bool(real_dice < real_dice_floor)
+    reasons = ([] if converged else ["segmenters had not converged (validation Dice still rising)"]) + \
+        ([f"the real arm's mean Dice {real_dice:.3f} is below the floor {real_dice_floor:g}"] if below else [])
+    return {"converged": converged, "real_below_floor": below, "caveat": "; ".join(reasons)}
 
 
 def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -86,7 +104,15 @@ def seed_table(per_case: pd.DataFrame, metric: str = "dice_mean") -> pd.DataFram
     frame["generator"] = frame["generator"].fillna("")
     per_seed = frame.groupby(CONDITION + ["seed"])[metric].mean().reset_index()
     out = per_seed.groupby(CONDITION)[metric].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
+    out = out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
+    if "converged" in frame:  # per segmenter (condition x seed): how many of the seeds had converged
+        status = frame.groupby(CONDITION + ["seed"]).agg(converged=("converged", "all"),
+                                                         final_val_dice=("final_val_dice", "first"))
+        counts = status.groupby(CONDITION).agg(n_converged=("converged", "sum"),
+                                               final_val_dice_mean=("final_val_dice", "mean")).reset_index()
+        out = out.merge(counts, on=CONDITION, how="left")
+        out["n_converged"] = out["n_converged"].astype(int)
+    return out
 
 
 def robustness_table(per_case: pd.DataFrame, per_case_extra: pd.DataFrame, metric: str = "dice_mean", *,
@@ -114,10 +140,19 @@ def robustness_table(per_case: pd.DataFrame, per_case_extra: pd.DataFrame, metri
 
 
 def headline(comparison: pd.DataFrame) -> list[str]:
-    """One sentence per fraction x arm, the form the report leads with."""
+    """One sentence per fraction x arm, the form the report leads with; a comparison with a `caveat` is
+    reported as not evidence, with the reason, instead of as a gain or loss."""
     sentences = []
     for row in comparison.itertuples():
         name = row.generator or row.arm
+        caveat = getattr(row, "caveat", "")
+        if isinstance(caveat, str) and caveat:
+            sentences.append(
+                f"With {row.fraction:.0%} of the real training patients, {name} {row.arm} data: NO CONCLUSION, "
+                f"{caveat}. The measured difference ({100 * row.diff_mean:+.1f} points over {row.n_patients} "
+                f"test patients) is not evidence of a gain or a loss; train longer (segmentation.steps) and "
+                f"re-run.")
+            continue
         sentences.append(
             f"With {row.fraction:.0%} of the real training patients, {name} {row.arm} data changes mean Dice by "
             f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], "

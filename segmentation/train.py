@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.metrics import compute_dice
 from tqdm import tqdm
@@ -56,6 +57,7 @@ class TrainResult:
     last_checkpoint: Path
     metrics_csv: Path
     best_val_dice: float
+    final_val_dice: float  # at the last step: with best_val_dice, whether training had settled
     best_step: int
     steps: int  # optimisation steps completed (== cfg.steps unless stopped early by `max_steps`)
     resumed_from: int  # step of the `last.pt` this call started from (0 = fresh)
@@ -206,10 +208,40 @@ def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cas
     done = step - resumed_from
     result = TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, metrics_csv=csv_path,
                          best_val_dice=float(best_dice) if best_dice > -math.inf else float("nan"),
+                         final_val_dice=float(val_dice),
                          best_step=best_step, steps=step, resumed_from=resumed_from,
                          wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
                          samples_per_s=done * cfg.batch_size / train_time if train_time > 0 else float("nan"))
     return ctx.broadcast_object(result)  # rank 0's timings on every rank
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Had a segmenter's validation Dice stopped improving? Read from its metrics.csv after training."""
+
+    final_val_dice: float  # at the last validation
+    best_val_dice: float
+    recent_gain: float  # best of the last `window` validations minus the best of all before them (nan: too few)
+    converged: bool  # recent_gain < min_delta: the curve had flattened; False when there are too few points
+
+
+def convergence(val_dice: Sequence[float], window: int = 3, min_delta: float = 0.01) -> Convergence:
+    """A plateau test on the validation curve: converged when the last `window` validations add less than
+    `min_delta` Dice to the best one before them. Fewer than `window + 1` validations cannot show a plateau,
+    so they count as not converged (a run of a few validations is what an undertrained quick run looks like)."""
+    curve = np.asarray([v for v in val_dice if np.isfinite(v)], dtype=float)
+    if len(curve) == 0:
+        return Convergence(float("nan"), float("nan"), float("nan"), False)
+    if len(curve) <= window:
+        return Convergence(float(curve[-1]), float(curve.max()), float("nan"), False)
+    gain = float(curve[-window:].max() - curve[:-window].max())
+    return Convergence(float(curve[-1]), float(curve.max()), gain, gain < min_delta)
+
+
+def read_convergence(metrics_csv: Path | str, window: int = 3, min_delta: float = 0.01) -> Convergence:
+    """`convergence` of the validation Dice column of a segmenter's metrics.csv."""
+    frame = pd.read_csv(metrics_csv)
+    return convergence(frame["val_dice"].dropna().tolist() if "val_dice" in frame else [], window, min_delta)
 
 
 def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict[str, Any] | None:

@@ -180,7 +180,6 @@ def test_report_has_every_section_and_the_summary_numbers(finished):
         assert section in md
         assert section[3:] in html
     assert "data:image/png;base64," in html and "<img src=\"figures" not in html  # self-contained
-    assert re.search(r"changes mean Dice by [+-]\d+\.\d points", md)
     summary = pd.read_csv(finished / "evaluate" / "summary.csv")
     for value in summary.select_dtypes("float").to_numpy().ravel():
         if pd.notna(value):
@@ -250,3 +249,52 @@ def test_a_mixture_must_pool_listed_generators(phantom_root, tmp_path, mixture):
 
     with pytest.raises(ConfigError, match=r"experiment.mixtures\[0\]"):
         tiny_config(phantom_root, tmp_path, f"experiment.mixtures=[{mixture}]")
+
+
+def test_undertrained_segmenters_are_flagged_and_no_gain_is_claimed(finished):
+    """The tiny run trains 6 steps with 2 validations: too few to show a plateau, so nothing may read as a result."""
+    per_case = pd.read_csv(finished / "evaluate" / "per_case.csv")
+    assert not per_case["converged"].any() and per_case["final_val_dice"].between(0, 1).all()
+    stats = pd.read_csv(finished / "evaluate" / "statistics.csv", keep_default_na=False)
+    assert (stats["converged"].astype(str) == "False").all()
+    assert stats["caveat"].str.contains("not converged").all()
+    seeds = pd.read_csv(finished / "evaluate" / "seeds.csv")
+    assert (seeds["n_converged"] == 0).all()
+    md = (finished / "report" / "report.md").read_text()
+    html = (finished / "report" / "report.html").read_text()
+    assert "changes mean Dice by" not in md  # no gain or loss stated ...
+    assert md.count("NO CONCLUSION") == len(stats) and "NO CONCLUSION" in html  # ... the headline says why
+    assert "NOT CONVERGED" in md and "NOT CONVERGED" in html  # next to the results' numbers
+    from pipeline.report import headline_table
+    from pipeline.run import Run
+
+    printed = headline_table(Run(cfg=tiny_config(Path("unused"), finished), run_dir=finished))
+    assert "NOT CONVERGED" in printed and "NO CONCLUSION" in printed
+
+
+def test_converged_runs_state_their_effect_and_plateau_settings_retrain_nothing(finished, extra_sets, phantom_root,
+                                                                                 tmp_path):
+    """Judged with a plateau rule every curve passes (and no floor), the same segmenters give a plain headline;
+    changing the judgement re-runs evaluation and the report only."""
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished, run_dir)
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "experiment.plateau_window=1",
+                             "experiment.plateau_min_delta=1.0", "experiment.real_dice_floor=0.0"))
+    after = done_stamps(run_dir)
+    assert {k: v for k, v in after.items() if k.startswith(("train_", "synthesize", "prepare"))} == \
+        {k: v for k, v in before.items() if k.startswith(("train_", "synthesize", "prepare"))}
+    stats = pd.read_csv(run_dir / "evaluate" / "statistics.csv", keep_default_na=False)
+    assert (stats["caveat"] == "").all()
+    md = (run_dir / "report" / "report.md").read_text()
+    assert re.search(r"changes mean Dice by [+-]\d+\.\d points", md) and "NO CONCLUSION" not in md
+
+
+def test_a_real_arm_below_the_floor_flags_every_comparison(finished, extra_sets, phantom_root, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished, run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "experiment.plateau_window=1",
+                             "experiment.plateau_min_delta=1.0", "experiment.real_dice_floor=1.0"))
+    stats = pd.read_csv(run_dir / "evaluate" / "statistics.csv", keep_default_na=False)
+    assert stats["caveat"].str.contains("below the floor 1").all() and stats["real_below_floor"].all()
+    assert "NO CONCLUSION" in (run_dir / "report" / "report.md").read_text()

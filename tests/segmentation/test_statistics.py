@@ -47,3 +47,17 @@ def test_seed_table_mean_and_sd_over_seeds():
     table = seed_table(_per_case(0.05))
     assert set(table["arm"]) == {"real", "real+synthetic"}
     assert (table["n_seeds"] == 3).all()
+
+
+def test_comparisons_of_unconverged_segmenters_state_no_effect():
+    frame = _per_case(0.05)
+    frame["converged"] = ~((frame["arm"] == "real+synthetic") & (frame["seed"] == 2))
+    row = compare_to_real(frame).iloc[0]
+    assert not row["converged"] and "not converged" in row["caveat"]
+    sentence = headline(compare_to_real(frame))[0]
+    assert "NO CONCLUSION" in sentence and "changes mean Dice" not in sentence
+    frame["converged"] = True
+    assert compare_to_real(frame).iloc[0]["caveat"] == ""
+    low = compare_to_real(frame, real_dice_floor=0.9).iloc[0]
+    assert low["real_below_floor"] and "below the floor 0.9" in low["caveat"]
+    assert "NO CONCLUSION" in headline(compare_to_real(frame, real_dice_floor=0.9))[0]

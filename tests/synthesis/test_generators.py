@@ -111,8 +111,10 @@ def test_slices_share_one_style(trained, pairs, name):
     masks = pairs[0][:4]
     gen = trained[name]
     whole = gen.sample(masks, seed=5)
-    np.testing.assert_allclose(gen.sample(masks[2:3], seed=5)[0], whole[2], atol=1e-5)
-    np.testing.assert_allclose(gen.render(masks, seed=5, chunk=1), whole, atol=1e-5)
+    # Images in [0, 1]: another batch size may run other convolution kernels (last-bit differences, CPU-dependent);
+    # another style or slice would differ by > 1e-2.
+    np.testing.assert_allclose(gen.sample(masks[2:3], seed=5)[0], whole[2], atol=1e-4)
+    np.testing.assert_allclose(gen.render(masks, seed=5, chunk=1), whole, atol=1e-4)
 
 
 def test_learned_sample_rejects_other_shapes(trained):

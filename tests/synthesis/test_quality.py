@@ -85,7 +85,10 @@ def test_features_are_pooled_encoder_levels(network):
     images = toy_pairs(5, SIZE)[1]
     features = segmenter_features(model, images, batch_size=2)
     assert features.shape == (5, 4 + 8 + 16) and np.isfinite(features).all()
-    np.testing.assert_allclose(segmenter_features(model, images, batch_size=5), features, atol=1e-5)
+    # Batch size changes which convolution kernels run (their summation order differs between CPUs), so the
+    # tolerance is relative to the features' scale; features of another image differ by orders more.
+    np.testing.assert_allclose(segmenter_features(model, images, batch_size=5), features, rtol=1e-4,
+                               atol=1e-5 * np.abs(features).max())
     assert not any(m._forward_hooks for m in model.modules()), "hooks must be removed"
 
 
@@ -111,7 +114,7 @@ def feature_sets():
 
 def test_identical_sets_have_zero_distance(feature_sets):
     a = feature_sets[0]
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a) <= fd_rounding(a)
     kid, kid_sd = kernel_distance(a, a, subsets=20, subset_size=50)
     assert abs(kid) < 3 * kid_sd + 1e-9
 
@@ -136,10 +139,17 @@ def test_frechet_distance_matches_the_sqrtm_formula(rng):
     assert frechet_distance(x, y, eps=0.0) == pytest.approx(closed, rel=1e-6)
 
 
+def fd_rounding(a: np.ndarray) -> float:
+    """What rounding can leave of FD(a, a) = 2 tr(S) - 2 sum sqrt(eig(S^1/2 S S^1/2)): a difference of sums of
+    size tr(S), whose last bits differ between BLAS builds (4.6e-8 seen on an AVX2-only AMD CPU for tr(S) ~ 50).
+    1e-7 of that scale still flags any real error: two different sets are O(tr(S)) apart."""
+    return 1e-7 * 2 * float(np.trace(np.atleast_2d(np.cov(a, rowvar=False))))
+
+
 def test_frechet_distance_survives_singular_covariances(rng):
     """Fewer samples than dimensions: finite, non-negative, 0 for identical sets."""
     a, b = rng.normal(size=(10, 50)), rng.normal(size=(10, 50)) + 0.5
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a) <= fd_rounding(a)
     assert np.isfinite(frechet_distance(a, b)) and frechet_distance(a, b) > 0
     with pytest.raises(ValueError, match="same D"):
         frechet_distance(a, b[:, :3])
