@@ -17,7 +17,7 @@ test: $(STAMP)
 install: $(STAMP)
 
 bench: $(STAMP)
-	for b in throughput loading ddp_scaling memory; do $(BIN)/python -m benchmarks.$$b || exit 1; done
+	for b in throughput loading augmentation ddp_scaling memory; do $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 # torch first, from the pinned CPU wheel; everything else under the same constraints so that
 # nothing can pull a CUDA build of torch.

@@ -294,9 +294,10 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
             needs = cfg.synthesis.generator_config(name).context_settings()
             if needs:
                 key = needs[0]
-                raise ConfigError(f"{source}: synthesis.{name}.{key} needs the real slice behind each mask, which "
-                                  f"masks sampled from the shape model lack: set synthesis.masks.source_mix.sampled "
-                                  f"to 0 or change synthesis.{name}.{key}")
+                what, fix = ((f"synthesis.{name}.{key}", f"change synthesis.{name}.{key}") if key else
+                             (f"generator {name!r}", f"remove {name!r} from experiment.generators"))
+                raise ConfigError(f"{source}: {what} needs the real slice behind each mask, which masks sampled "
+                                  f"from the shape model lack: set synthesis.masks.source_mix.sampled to 0 or {fix}")
     names = [t.name for t in cfg.data.extra_test_sets]
     for i, name in enumerate(names):
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):

@@ -2,6 +2,7 @@
 
 - `config`    SegmentationConfig (network, optimisation in steps, augmentation, synthetic mixing, runtime)
 - `datasets`  make_train_stream: the one place where arms (real, real+synthetic, synthetic) differ
+- `augmentation` the `strong` (nnU-Net-grade) training augmentation, with where each value comes from
 - `train`     train_segmenter / train_steps / evaluate: resumable, deterministic, best.pt + last.pt
 - `evaluate`  predict_case on the original voxel grid, Dice/HD95/volumes, EF and mass, summarize
 - `model`     network, loss, optimiser, schedule and self-describing checkpoints

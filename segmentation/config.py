@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segmentation.augmentation import STRONG
+
 
 @dataclass
 class SegmentationConfig:
@@ -50,6 +52,12 @@ class SegmentationConfig:
 
     # --- augmentation (MONAI dict transforms; training only) ------------------------------------------
     augment: bool = field(default=True, metadata={"help": "random spatial + intensity augmentation"})
+    augmentation: str = field(default="standard", metadata={
+        "choices": ["standard", "strong"],
+        "help": "standard: the affine_prob ... noise_std settings below; strong: nnU-Net v2's 2D augmentation "
+                "(nnUNetTrainer.get_training_transforms; elastic from nnU-Net v1), adapted to [0, 1] images and a "
+                "canonical orientation, never mirrored (segmentation/augmentation.py says where each value comes "
+                f"from): {STRONG.summary()}. Of the settings below, strong uses flip_prob only"})
     affine_prob: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0,
                                "help": "probability of a random affine (rotation, scale, translation)"})
     rotate_deg: float = field(default=15.0, metadata={"min": 0.0, "max": 180.0, "help": "max in-plane rotation"})

@@ -24,11 +24,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandFlipd,
-                              RandGaussianNoised, Randomizable, RandScaleIntensityd, RandShiftIntensityd)
+from monai.transforms import (Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandGaussianNoised,
+                              Randomizable, RandScaleIntensityd, RandShiftIntensityd)
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.types import DataError, PreparedCase
+from segmentation.augmentation import KEYS, SPATIAL_MODES, both_axes_flip, strong_transforms
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import torch_threads, without_meta
 
@@ -76,27 +77,26 @@ def slice_pool(cases: Sequence[PreparedCase], drop_empty_prob: float = 0.0, *, w
 def build_train_transforms(cfg: SegmentationConfig, spatial_size: tuple[int, int]) -> Compose | None:
     """MONAI dict transforms on {"image", "label"} (1, H, W) arrays; None when augmentation is off.
 
-    Labels move with the image through the same affine/flip (nearest neighbour); intensity transforms
-    touch the image only.
+    Labels move with the image through the same spatial transforms (nearest neighbour); intensity transforms
+    touch the image only. `standard`: one random affine, a both-axes flip and light intensity changes, set by
+    the segmentation config; `strong`: nnU-Net's augmentation (`segmentation.augmentation`).
     """
     if not cfg.augment:
         return None
-    keys = ("image", "label")
-    transforms = [
-        RandAffined(keys=keys, prob=cfg.affine_prob, rotate_range=(math.radians(cfg.rotate_deg),),
-                    scale_range=(cfg.scale, cfg.scale), translate_range=(cfg.translate_px, cfg.translate_px),
-                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=spatial_size,
-                    cache_grid=True),
-        # Both axes at once = a 180 degree rotation, which keeps the heart's handedness (a single-axis flip
-        # would mirror it and put the RV on the wrong side of the septum).
-        RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=(0, 1)),
-        RandAdjustContrastd(keys="image", prob=cfg.intensity_prob, gamma=tuple(cfg.gamma)),
-        RandScaleIntensityd(keys="image", prob=cfg.intensity_prob, factors=cfg.intensity_scale),
-        RandShiftIntensityd(keys="image", prob=cfg.intensity_prob, offsets=cfg.intensity_shift),
-        RandGaussianNoised(keys="image", prob=cfg.intensity_prob, mean=0.0, std=cfg.noise_std),
-        EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
-    ]
-    return Compose(transforms)
+    if cfg.augmentation == "strong":
+        transforms = strong_transforms(spatial_size, cfg.flip_prob)
+    else:
+        transforms = [
+            RandAffined(keys=KEYS, prob=cfg.affine_prob, rotate_range=(math.radians(cfg.rotate_deg),),
+                        scale_range=(cfg.scale, cfg.scale), translate_range=(cfg.translate_px, cfg.translate_px),
+                        mode=SPATIAL_MODES, padding_mode="zeros", spatial_size=spatial_size, cache_grid=True),
+            both_axes_flip(cfg.flip_prob),
+            RandAdjustContrastd(keys="image", prob=cfg.intensity_prob, gamma=tuple(cfg.gamma)),
+            RandScaleIntensityd(keys="image", prob=cfg.intensity_prob, factors=cfg.intensity_scale),
+            RandShiftIntensityd(keys="image", prob=cfg.intensity_prob, offsets=cfg.intensity_shift),
+            RandGaussianNoised(keys="image", prob=cfg.intensity_prob, mean=0.0, std=cfg.noise_std),
+        ]
+    return Compose([*transforms, EnsureTyped(keys=KEYS, data_type="tensor", track_meta=False)])
 
 
 class TrainStream(Dataset):

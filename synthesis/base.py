@@ -102,11 +102,8 @@ class Generator(ABC):
         """The condition map of heart `masks`: tissue classes of `context`'s background, or the masks as they are."""
         if self.tissue is None:
             return masks
-        if context is None:
-            raise ValueError(f"{self.name}: conditioned on {self.tissue.n_classes} tissue classes, so sampling needs "
-                             f"the real slices the masks come from (context); masks sampled from the shape model "
-                             f"have none: use the mask sources 'real' and 'deformed'")
-        return self.tissue.label(masks, check_context(context, masks))
+        context = require_context(context, masks, f"{self.name}: conditioned on {self.tissue.n_classes} tissue classes")
+        return self.tissue.label(masks, context)
 
     def save(self, path: Path | str) -> Path:
         """Write everything needed to sample later (weights + config), atomically."""
@@ -186,6 +183,14 @@ def check_context(context: np.ndarray, masks: np.ndarray) -> np.ndarray:
     if not np.isfinite(context).all():
         raise ValueError("context: contains NaN or Inf")
     return context
+
+
+def require_context(context: np.ndarray | None, masks: np.ndarray, needed_by: str) -> np.ndarray:
+    """`check_context`, and a clear error when there is none (`needed_by`: what needs the real slices)."""
+    if context is None:
+        raise ValueError(f"{needed_by}, so sampling needs the real slices the masks come from (context); masks "
+                         f"sampled from the shape model have none: use the mask sources 'real' and 'deformed'")
+    return check_context(context, masks)
 
 
 def check_pair(masks: np.ndarray, images: np.ndarray, divisor: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ class GeneratorConfig:
         "min": 0.0, "max": 10.0, "help": "Gaussian smoothing (pixels) of a slice before its background is classed"})
 
     def context_settings(self) -> list[str]:
-        """The settings, as set here, that need the real slice behind each mask (`sample`'s context)."""
+        """The settings, as set here, that need the real slice behind each mask (`sample`'s context); an empty
+        name: the generator needs it whatever its settings."""
         return ["tissue_classes"] if self.tissue_classes else []
 
 
@@ -66,6 +67,21 @@ class GMMConfig(GeneratorConfig):
 
     def context_settings(self) -> list[str]:
         return super().context_settings() + (["background"] if self.background == "real" else [])
+
+
+@dataclass
+class WarpConfig(GeneratorConfig):
+    """Deformation only: the real slice under its mask draw's warp, nothing painted (needs mask sources real/deformed).
+
+    The arm that tells what deformation alone brings; it has no settings of its own (`synthesis.masks` decides the
+    warps, as for every generator)."""
+
+    tissue_classes: int = field(default=0, metadata={
+        "choices": [0], "help": "always 0: warp paints nothing, so it has no torso classes to condition on"})
+    tissue_smooth_px: float = field(default=1.0, metadata={"min": 0.0, "max": 10.0, "help": "unused by warp"})
+
+    def context_settings(self) -> list[str]:
+        return [""]  # what it returns IS the real slice
 
 
 @dataclass
@@ -212,7 +228,7 @@ class CVAEConfig(TrainConfig):
 
 
 GENERATOR_SECTIONS: dict[str, type[GeneratorConfig]] = {
-    "gmm": GMMConfig, "spade": SpadeConfig, "pix2pix": Pix2PixConfig, "cvae": CVAEConfig}
+    "gmm": GMMConfig, "warp": WarpConfig, "spade": SpadeConfig, "pix2pix": Pix2PixConfig, "cvae": CVAEConfig}
 
 
 @dataclass
@@ -258,6 +274,7 @@ class SynthesisConfig:
     n_volumes: int = field(default=20, metadata={"min": 0, "help": "synthetic volumes per generator"})
     masks: MaskConfig = field(default_factory=MaskConfig)
     gmm: GMMConfig = field(default_factory=GMMConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
     spade: SpadeConfig = field(default_factory=SpadeConfig)
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
     cvae: CVAEConfig = field(default_factory=CVAEConfig)

@@ -32,7 +32,7 @@ from monai.transforms import Compose, GaussianSmooth, RandBiasField, RandRicianN
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
-from synthesis.base import Generator, check_context, check_masks, check_pair, register, save_sample_grid
+from synthesis.base import Generator, check_masks, check_pair, register, require_context, save_sample_grid
 from synthesis.config import GMMConfig
 
 MIN_PIXELS = 20  # a structure smaller than this in a slice says little about its intensity
@@ -98,10 +98,8 @@ class GMMGenerator(Generator):
             raise RuntimeError("gmm: fit or load the generator before sampling")
         masks = check_masks(masks)
         cfg, p = self.config, self.params
-        if cfg.background == "real" and context is None:
-            raise ValueError("gmm: background 'real' keeps the real slices the masks come from, so sampling needs "
-                             "them (context); masks sampled from the shape model have none: use the mask sources "
-                             "'real' and 'deformed'")
+        if cfg.background == "real":
+            context = require_context(context, masks, "gmm: background 'real' keeps the real slice outside the heart")
         # label 0 (background without a class) only where no real slice tells the tissue: random regions there
         labels = self.conditions(masks, context) if context is not None else masks
         rng = np.random.default_rng(seed)
@@ -122,7 +120,7 @@ class GMMGenerator(Generator):
         if cfg.background == "real":  # the real slice outside the heart, blended over the partial-volume edge
             heart = (masks > 0).astype(np.float32)
             weight = np.clip(convert_to_numpy(blur(heart)), 0, 1) if blur is not None else heart
-            image = weight * image + (1 - weight) * check_context(context, masks)
+            image = weight * image + (1 - weight) * context
         # slices as channels: the 2D transforms see one volume, so the bias field is shared by all slices
         finish = Compose([
             RandBiasField(degree=cfg.bias_field_degree, coeff_range=(-cfg.bias_field_coeff, cfg.bias_field_coeff),

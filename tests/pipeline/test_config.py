@@ -55,6 +55,7 @@ def test_profile_and_overrides_apply_in_order(tmp_path):
     ({"experiment": {"generators": ["stylegan"]}}, [], "experiment.generators[0] = 'stylegan'"),
     ({"data": {"preprocess": {"crop_size": 100}}}, [], "crop_size = 100 must be divisible by"),
     ({"data": {"layout": "bids"}}, [], "data.layout = 'bids' is not allowed"),
+    ({"segmentation": {"augmentation": "heavy"}}, [], "segmentation.augmentation = 'heavy' is not allowed"),
     ({"synthesis": {"masks": {"source_mix": {"real": 1.0, "drawn": 1.0}}}}, [], "drawn"),
     ({"synthesis": {"gmm": {"tissue_classes": 1}}}, [], "synthesis.gmm.tissue_classes = 1 is not allowed"),
     ({"synthesis": {"masks": {"source_mix": {"sampled": 1.0}}, "gmm": {"tissue_classes": 4}},
