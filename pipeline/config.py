@@ -40,6 +40,10 @@ class ExperimentConfig:
         "help": "pooled synthetic sets such as 'gmm+cvae': the synthetic arms run once more on the union of those "
                 "generators' volumes (each one listed in generators), e.g. to combine one generator's variety "
                 "with another's realism"})
+    augmentations: list[str] = field(default_factory=list, metadata={
+        "choices": ["standard", "strong"],
+        "help": "segmenter augmentation settings compared side by side: every arm x generator x seed is trained "
+                "once per entry (e.g. [standard, strong]); empty = segmentation.augmentation alone"})
     bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})
     plateau_window: int = field(default=3, metadata={
         "min": 1, "max": 100,

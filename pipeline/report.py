@@ -25,7 +25,7 @@ from data.io import write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import read_json  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
-from segmentation.statistics import bootstrap_ci, condition_label, headline  # noqa: E402
+from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, headline, with_conditions  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.run import Run
@@ -225,8 +225,8 @@ def headline_table(run: "Run") -> str:
     seeds = read_table(ev / "seeds.csv")
     comparison = read_table(ev / "statistics.csv")
     lines = ["fraction  condition                      mean Dice (sd over seeds)  converged"]
-    for row in seeds.itertuples():
-        label = condition_label(row.arm, row.generator)
+    for row in with_conditions(seeds).itertuples():
+        label = condition_label(row.arm, row.generator, row.augmentation)
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
     return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
@@ -333,15 +333,16 @@ def _results_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> 
     a column saying how many of the condition's segmenters had converged, so no number stands unqualified."""
     if summary.empty:
         return summary
-    trained = {(float(r.fraction), r.arm, r.generator): convergence_note(r)
+    seeds = with_conditions(seeds) if seeds is not None and len(seeds) else None
+    trained = {(float(r.fraction), r.arm, r.generator, r.augmentation): convergence_note(r)
                for r in seeds.itertuples()} if seeds is not None and "n_converged" in seeds else {}
     wanted = [("dice", s) for s in (*STRUCTURES, "mean")] + [("hd95", s) for s in STRUCTURES] + \
              [("ef_abs_err", "LV"), ("ef_abs_err", "RV")]
     rows = []
-    for (fraction, arm, generator), at in summary.groupby(["fraction", "arm", "generator"], sort=True):
-        row = {"fraction": f"{fraction:g}", "condition": condition_label(arm, generator)}
+    for (fraction, arm, generator, augmentation), at in with_conditions(summary).groupby(CONDITION, sort=True):
+        row = {"fraction": f"{fraction:g}", "condition": condition_label(arm, generator, augmentation)}
         if trained:
-            row["converged"] = trained.get((float(fraction), arm, generator), "")
+            row["converged"] = trained.get((float(fraction), arm, generator, augmentation), "")
         for metric, structure in wanted:
             hit = at[(at["metric"] == metric) & (at["structure"] == structure)]
             if len(hit):
@@ -353,7 +354,8 @@ def _results_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> 
 
 
 def _conditions(per_case: pd.DataFrame) -> pd.Series:
-    return per_case.apply(lambda r: condition_label(r["arm"], r["generator"]), axis=1)
+    frame = with_conditions(per_case)
+    return frame.apply(lambda r: condition_label(r["arm"], r["generator"], r["augmentation"]), axis=1)
 
 
 def _dice_vs_fraction(per_case: pd.DataFrame, n_boot: int) -> plt.Figure:

@@ -23,7 +23,9 @@ from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, 
                             unit_done, write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.logs import get_logger
+from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
+from segmentation.statistics import with_conditions
 
 # Settings that change how fast or how visibly a unit is computed, not its result: left out of unit keys, so a
 # run moved to a GPU (or given more loader workers) keeps its cached units. Checkpoints resume across them too.
@@ -42,11 +44,17 @@ class Segmenter:
     arm: str
     generator: str  # "" for the real arm; "a+b" for a mixture (experiment.mixtures)
     seed: int
+    augmentation: str = "standard"  # segmentation.augmentation this segmenter trains with
 
     @property
     def name(self) -> str:
         arm = self.arm.replace("+", "_plus_")
-        return f"f{self.fraction:g}/{arm}{'-' + self.generator if self.generator else ''}/seed{self.seed}"
+        aug = "" if self.augmentation == "standard" else f"_aug-{self.augmentation}"  # standard: the old names
+        return f"f{self.fraction:g}/{arm}{'-' + self.generator if self.generator else ''}{aug}/seed{self.seed}"
+
+    def config(self, cfg: SegmentationConfig) -> SegmentationConfig:
+        """The segmentation settings this segmenter trains with."""
+        return dataclasses.replace(cfg, augmentation=self.augmentation)
 
 
 @dataclass
@@ -148,14 +156,27 @@ class Run:
 
         return self.split["fractions"][fraction_key(fraction)]
 
+    @property
+    def augmentations(self) -> list[str]:
+        """The augmentation settings of the sweep (experiment.augmentations, else segmentation.augmentation)."""
+        return self.cfg.experiment.augmentations or [self.cfg.segmentation.augmentation]
+
     def segmenters(self) -> list[Segmenter]:
         exp = self.cfg.experiment
         runs = []
         for fraction in exp.fractions:
-            for arm in exp.arms:
-                for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
-                    runs.extend(Segmenter(fraction, arm, generator, seed) for seed in exp.seeds)
+            for augmentation in self.augmentations:
+                for arm in exp.arms:
+                    for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
+                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation) for seed in exp.seeds)
         return runs
+
+    def augmentation_only(self) -> frozenset[str]:
+        """Generators whose images are real slices only transformed (e.g. `warp`): arms that add no new images."""
+        import synthesis.generators  # noqa: F401  (fills the registry)
+        from synthesis.base import REGISTRY
+
+        return frozenset(name for name in self.cfg.experiment.generators if REGISTRY[name].augmentation_only)
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -313,12 +334,12 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
         def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator) if seg.generator else None
-            result = train_segmenter(seg.arm, real_cases, val_cases, run.cfg.segmentation, unit_dir,
+            result = train_segmenter(seg.arm, real_cases, val_cases, seg.config(run.cfg.segmentation), unit_dir,
                                      synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
                                      dist=run.train_context())
             return _plain(result)
 
-        settings = result_settings(run.cfg.segmentation)
+        settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
             settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
         key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
@@ -350,6 +371,7 @@ def evaluate(run: Run) -> dict[str, Any]:
                 frame = evaluate_cases(model, cases, unit_dir / "predictions" / name, arm=seg.arm,
                                        fraction=seg.fraction, seed=seg.seed, label_map=label_map)
                 frame.insert(1, "generator", seg.generator)
+                frame.insert(2, "augmentation", seg.augmentation)
                 if name:
                     extra.append(frame.assign(test_set=name))
                 else:
@@ -368,8 +390,8 @@ def evaluate(run: Run) -> dict[str, Any]:
     exp = run.cfg.experiment
     write_csv(per_case, stage_dir / "per_case.csv")
     write_csv(summarize(per_case), stage_dir / "summary.csv")
-    write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
-              stage_dir / "statistics.csv")
+    write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor,
+                              augmentation_only=run.augmentation_only()), stage_dir / "statistics.csv")
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
@@ -378,7 +400,7 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
 
 
-STATUS_KEYS = ["fraction", "arm", "generator", "seed"]
+STATUS_KEYS = ["fraction", "arm", "generator", "augmentation", "seed"]
 
 
 def segmenter_status(run: Run) -> pd.DataFrame:
@@ -391,7 +413,7 @@ def segmenter_status(run: Run) -> pd.DataFrame:
         state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
                                  exp.plateau_window, exp.plateau_min_delta)
         rows.append({"fraction": float(seg.fraction), "arm": seg.arm, "generator": seg.generator,
-                     "seed": int(seg.seed), "converged": state.converged, "final_val_dice": state.final_val_dice,
+                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged, "final_val_dice": state.final_val_dice,
                      "best_val_dice": state.best_val_dice, "val_dice_recent_gain": state.recent_gain})
     return pd.DataFrame(rows, columns=STATUS_KEYS + ["converged", "final_val_dice", "best_val_dice",
                                                      "val_dice_recent_gain"])
@@ -401,8 +423,8 @@ def with_status(per_case: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
     """`per_case` with each row's segmenter status (columns of `segmenter_status`) joined on."""
     if per_case.empty:
         return per_case
-    frame = per_case.assign(generator=per_case["generator"].fillna("").astype(str),
-                            fraction=per_case["fraction"].astype(float), seed=per_case["seed"].astype(int))
+    frame = with_conditions(per_case).assign(fraction=per_case["fraction"].astype(float),
+                                             seed=per_case["seed"].astype(int))
     return frame.merge(status, on=STATUS_KEYS, how="left", validate="many_to_one")
 
 
@@ -421,7 +443,7 @@ def quality(run: Run) -> dict[str, Any]:
     val_cases = run.patient_cases(run.split["val"])
     frames = []
     for fraction in run.cfg.experiment.fractions:
-        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0])
+        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0])
         units = {name: f"f{fraction:g}/{name}" for name in run.cfg.experiment.generators}
 
         def work(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:

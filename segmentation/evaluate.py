@@ -170,7 +170,7 @@ def clinical_indices(per_case: pd.DataFrame) -> pd.DataFrame:
 
 def patient_level(per_case: pd.DataFrame) -> pd.DataFrame:
     """The patient-level columns of `evaluate_cases`' output, one row per patient (they repeat per phase)."""
-    keys = [k for k in ("arm", "generator", "fraction", "seed", "patient") if k in per_case.columns]
+    keys = [k for k in ("arm", "generator", "augmentation", "fraction", "seed", "patient") if k in per_case.columns]
     return per_case[keys + PATIENT_COLUMNS].drop_duplicates(subset=keys).dropna(subset=PATIENT_COLUMNS, how="all")
 
 
@@ -203,12 +203,12 @@ def evaluate_cases(model: torch.nn.Module, cases: Sequence[PreparedCase], out_di
 
 
 def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd, median and n per arm (x generator) x fraction x metric x structure, in long format.
+    """Mean, sd, median and n per arm (x generator x augmentation) x fraction x metric x structure, in long format.
 
     Case-level metrics (Dice, HD95, absolute volume error) count every case and phase of every seed;
     patient-level ones (EF and mass errors) count each patient once per seed.
     """
-    group = [c for c in ("arm", "generator", "fraction") if c in per_case.columns]
+    group = [c for c in ("arm", "generator", "augmentation", "fraction") if c in per_case.columns]
     case_metrics = [("dice", s, f"dice_{s}") for s in (*STRUCTURES, "mean")]
     case_metrics += [("hd95", s, f"hd95_{s}") for s in STRUCTURES]
     frame = per_case.copy()

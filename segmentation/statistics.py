@@ -18,55 +18,106 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-CONDITION = ["fraction", "arm", "generator"]
+CONDITION = ["fraction", "arm", "generator", "augmentation"]
+STANDARD = "standard"  # the augmentation a run without the `augmentation` column used
 
 
-def condition_label(arm: str, generator: str | None) -> str:
-    return arm if arm == "real" or not generator else f"{arm} ({generator})"
+def condition_label(arm: str, generator: str | None, augmentation: str | None = None) -> str:
+    label = arm if arm == "real" or not generator else f"{arm} ({generator})"
+    return label if not augmentation or augmentation == STANDARD else f"{label} [{augmentation}]"
+
+
+def with_conditions(per_case: pd.DataFrame) -> pd.DataFrame:
+    """`per_case` with every CONDITION column filled ('' generator for the real arm, standard augmentation for
+    tables written before augmentation settings existed)."""
+    frame = per_case.copy()
+    frame["generator"] = frame["generator"].fillna("").astype(str) if "generator" in frame else ""
+    frame["augmentation"] = frame["augmentation"].fillna(STANDARD).astype(str) if "augmentation" in frame \
+        else STANDARD
+    return frame
 
 
 def compare_to_real(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot: int = 2000,
-                    seed: int = 0, real_dice_floor: float = 0.0) -> pd.DataFrame:
-    """One row per fraction x non-real arm: the paired difference `arm - real` in `metric`, and `caveat`:
-    '' when the comparison can be trusted, else why not (segmenters not converged, real arm below the floor)."""
-    frame = per_case.copy()
-    frame["generator"] = frame["generator"].fillna("")
+                    seed: int = 0, real_dice_floor: float = 0.0,
+                    augmentation_only: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
+    """Paired differences in `metric`, one row per fraction x condition x reference (column `reference_kind`):
+
+    - `real`: every condition other than the baseline (the real arm with standard augmentation, else the first
+      one) against the real arm with its own augmentation, or against the baseline when it is a real arm itself
+      (so `real [strong]` vs `real` reads as the effect of strong augmentation);
+    - `best augmentation-only`: every synthetic condition against the best arm that adds no new images: a real
+      arm under any augmentation, or a generator in `augmentation_only` (e.g. `warp`: real slices deformed).
+      "Best" is chosen by the validation patients' Dice (`best_val_dice`, mean over seeds), never by the test
+      patients; without validation scores the baseline is used.
+
+    `caveat` is '' when the comparison can be read, else why not (segmenters not converged, real arm below
+    the floor)."""
+    frame = with_conditions(per_case)
     rows = []
     for fraction, at_fraction in frame.groupby("fraction"):
-        real = at_fraction[at_fraction["arm"] == "real"]
-        if real.empty:
+        groups = {key: rows_ for key, rows_ in at_fraction.groupby(["arm", "generator", "augmentation"])}
+        reals = {aug: g for (arm, _, aug), g in groups.items() if arm == "real"}
+        if not reals:
             continue
-        real_by_patient = real.groupby("patient")[metric].mean()
-        real_by_seed = real.groupby("seed")[metric].mean()
-        for (arm, generator), other in at_fraction[at_fraction["arm"] != "real"].groupby(["arm", "generator"]):
-            by_patient = other.groupby("patient")[metric].mean()
-            patients = real_by_patient.index.intersection(by_patient.index)
-            diff = (by_patient[patients] - real_by_patient[patients]).to_numpy()
-            by_seed = other.groupby("seed")[metric].mean()
-            seeds = real_by_seed.index.intersection(by_seed.index)
-            seed_diff = (by_seed[seeds] - real_by_seed[seeds]).to_numpy()
-            low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            rows.append({
-                "fraction": fraction, "arm": arm, "generator": generator, "metric": metric,
-                "n_patients": len(patients), "n_seeds": len(seeds),
-                "real_mean": float(real_by_patient[patients].mean()) if len(patients) else np.nan,
-                "arm_mean": float(by_patient[patients].mean()) if len(patients) else np.nan,
-                "diff_mean": float(diff.mean()) if len(diff) else np.nan,
-                "ci_low": low, "ci_high": high,
-                "p_wilcoxon_patients": wilcoxon_p(diff),
-                "seed_diffs": ";".join(f"{d:+.4f}" for d in seed_diff),
-                "seed_diff_sd": float(seed_diff.std(ddof=1)) if len(seed_diff) > 1 else np.nan,
-                "seeds_positive": int((seed_diff > 0).sum()),
-                "p_ttest_seeds": ttest_p(seed_diff),
-                **trust(real, other, real_dice_floor),
-            })
+        base_aug = STANDARD if STANDARD in reals else sorted(reals)[0]
+        baseline = ("real", "", base_aug)
+        only = [k for k in groups if k[0] == "real" or k[1] in augmentation_only]
+        best = max(only, key=lambda k: _validation_score(groups[k])) if _has_validation(frame) else baseline
+        for key, other in groups.items():
+            if key == baseline:
+                continue
+            arm, generator, aug = key
+            ref = ("real", "", aug) if arm != "real" and aug in reals else baseline
+            references = [("real", ref)]
+            if key not in only:
+                references.append(("best augmentation-only", best))
+            for kind, ref_key in references:
+                floor_ref = groups[ref_key] if ref_key[0] == "real" else groups[baseline]
+                rows.append({"fraction": fraction, "arm": arm, "generator": generator, "augmentation": aug,
+                             "reference_kind": kind, "reference": condition_label(*ref_key),
+                             **paired_difference(other, groups[ref_key], metric, n_boot=n_boot, seed=seed),
+                             **trust(floor_ref, pd.concat([other, groups[ref_key]]), real_dice_floor)})
     return pd.DataFrame(rows)
 
 
-def trust(real: pd.DataFrame, other: pd.DataFrame, real_dice_floor: float) -> dict[str, object]:
-    """Whether a comparison of `other` with `real` (their per-case rows) can be read as an effect."""
-    both = pd.concat([real, other])
-    converged = bool(both["converged"].astype(bool).all()) if "converged" in both else True
+def _has_validation(frame: pd.DataFrame) -> bool:
+    return "best_val_dice" in frame and frame["best_val_dice"].notna().any()
+
+
+def _validation_score(rows: pd.DataFrame) -> float:
+    """Mean over seeds of a condition's best validation Dice (one value per segmenter)."""
+    return float(rows.groupby("seed")["best_val_dice"].first().mean())
+
+
+def paired_difference(other: pd.DataFrame, reference: pd.DataFrame, metric: str = "dice_mean", *,
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, object]:
+    """`other - reference` in `metric`, paired by test patient (bootstrap CI, Wilcoxon) and by seed (t-test)."""
+    ref_by_patient = reference.groupby("patient")[metric].mean()
+    by_patient = other.groupby("patient")[metric].mean()
+    patients = ref_by_patient.index.intersection(by_patient.index)
+    diff = (by_patient[patients] - ref_by_patient[patients]).to_numpy()
+    ref_by_seed, by_seed = reference.groupby("seed")[metric].mean(), other.groupby("seed")[metric].mean()
+    seeds = ref_by_seed.index.intersection(by_seed.index)
+    seed_diff = (by_seed[seeds] - ref_by_seed[seeds]).to_numpy()
+    low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    return {
+        "metric": metric, "n_patients": len(patients), "n_seeds": len(seeds),
+        "reference_mean": float(ref_by_patient[patients].mean()) if len(patients) else np.nan,
+        "arm_mean": float(by_patient[patients].mean()) if len(patients) else np.nan,
+        "diff_mean": float(diff.mean()) if len(diff) else np.nan,
+        "ci_low": low, "ci_high": high,
+        "p_wilcoxon_patients": wilcoxon_p(diff),
+        "seed_diffs": ";".join(f"{d:+.4f}" for d in seed_diff),
+        "seed_diff_sd": float(seed_diff.std(ddof=1)) if len(seed_diff) > 1 else np.nan,
+        "seeds_positive": int((seed_diff > 0).sum()),
+        "p_ttest_seeds": ttest_p(seed_diff),
+    }
+
+
+def trust(real: pd.DataFrame, compared: pd.DataFrame, real_dice_floor: float) -> dict[str, object]:
+    """Whether a comparison can be read as an effect: every segmenter in `compared` (both sides) converged, and
+    the real arm `real` reaches `real_dice_floor`."""
+    converged = bool(compared["converged"].astype(bool).all()) if "converged" in compared else True
     real_dice = float(real.groupby("patient")["dice_mean"].mean().mean()) if "dice_mean" in real else np.nan
     below = bool(real_dice < real_dice_floor)
     reasons = ([] if converged else ["segmenters had not converged (validation Dice still rising)"]) + \
@@ -100,16 +151,17 @@ def ttest_p(diff: np.ndarray) -> float:
 
 def seed_table(per_case: pd.DataFrame, metric: str = "dice_mean") -> pd.DataFrame:
     """Mean over patients per condition and seed, then mean ± sd over seeds."""
-    frame = per_case.copy()
-    frame["generator"] = frame["generator"].fillna("")
+    frame = with_conditions(per_case)
     per_seed = frame.groupby(CONDITION + ["seed"])[metric].mean().reset_index()
     out = per_seed.groupby(CONDITION)[metric].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
     if "converged" in frame:  # per segmenter (condition x seed): how many of the seeds had converged
         status = frame.groupby(CONDITION + ["seed"]).agg(converged=("converged", "all"),
-                                                         final_val_dice=("final_val_dice", "first"))
+                                                         final_val_dice=("final_val_dice", "first"),
+                                                         best_val_dice=("best_val_dice", "first"))
         counts = status.groupby(CONDITION).agg(n_converged=("converged", "sum"),
-                                               final_val_dice_mean=("final_val_dice", "mean")).reset_index()
+                                               final_val_dice_mean=("final_val_dice", "mean"),
+                                               best_val_dice_mean=("best_val_dice", "mean")).reset_index()
         out = out.merge(counts, on=CONDITION, how="left")
         out["n_converged"] = out["n_converged"].astype(int)
     return out
@@ -128,9 +180,10 @@ def robustness_table(per_case: pd.DataFrame, per_case_extra: pd.DataFrame, metri
         table = seed_table(frame, metric)
         comparison = compare_to_real(frame, metric, n_boot=n_boot)
         if len(comparison):
-            keep = ["diff_mean", "ci_low", "ci_high", "p_wilcoxon_patients", "seeds_positive", "n_seeds",
-                    "p_ttest_seeds"]
-            table = table.merge(comparison[CONDITION + keep].rename(columns={"n_seeds": "n_seeds_paired"}),
+            keep = ["reference", "diff_mean", "ci_low", "ci_high", "p_wilcoxon_patients", "seeds_positive",
+                    "n_seeds", "p_ttest_seeds"]
+            versus_real = comparison[comparison["reference_kind"] == "real"]
+            table = table.merge(versus_real[CONDITION + keep].rename(columns={"n_seeds": "n_seeds_paired"}),
                                 on=CONDITION, how="left")
         rows.append(table.assign(test_set=name, n_patients=frame["patient"].nunique()))
     if not rows:
@@ -140,25 +193,45 @@ def robustness_table(per_case: pd.DataFrame, per_case_extra: pd.DataFrame, metri
 
 
 def headline(comparison: pd.DataFrame) -> list[str]:
-    """One sentence per fraction x arm, the form the report leads with; a comparison with a `caveat` is
-    reported as not evidence, with the reason, instead of as a gain or loss."""
+    """One sentence per fraction x condition, the form the report leads with: the difference to `real` and,
+    for a synthetic arm, "beyond augmentation" (to the best augmentation-only arm). A comparison with a `caveat`
+    is reported as not evidence, with the reason, instead of as a gain or loss."""
+    frame = with_conditions(comparison)
+    if "reference_kind" not in frame:
+        frame["reference_kind"] = "real"
     sentences = []
-    for row in comparison.itertuples():
-        name = row.generator or row.arm
-        caveat = getattr(row, "caveat", "")
-        if isinstance(caveat, str) and caveat:
+    for key, rows in frame.groupby(CONDITION, sort=False):
+        fraction, arm, generator, augmentation = key
+        versus = {r.reference_kind: r for r in rows.itertuples()}
+        row = versus.get("real", rows.iloc[0])
+        what = _subject(arm, generator, augmentation)
+        start = f"With {fraction:.0%} of the real training patients, {what}"
+        caveats = [r.caveat for r in versus.values() if isinstance(getattr(r, "caveat", ""), str) and r.caveat]
+        if caveats:
             sentences.append(
-                f"With {row.fraction:.0%} of the real training patients, {name} {row.arm} data: NO CONCLUSION, "
-                f"{caveat}. The measured difference ({100 * row.diff_mean:+.1f} points over {row.n_patients} "
-                f"test patients) is not evidence of a gain or a loss; train longer (segmentation.steps) and "
-                f"re-run.")
+                f"{start}: NO CONCLUSION, {caveats[0]}. The measured difference ({100 * row.diff_mean:+.1f} points "
+                f"vs {row.reference} over {row.n_patients} test patients) is not evidence of a gain or a loss; "
+                f"train longer (segmentation.steps) and re-run.")
             continue
-        sentences.append(
-            f"With {row.fraction:.0%} of the real training patients, {name} {row.arm} data changes mean Dice by "
-            f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], "
-            f"Wilcoxon p={_fmt_p(row.p_wilcoxon_patients)} over {row.n_patients} test patients; "
-            f"{row.seeds_positive}/{row.n_seeds} seeds positive, t-test over seeds p={_fmt_p(row.p_ttest_seeds)}.")
+        sentence = f"{start} changes mean Dice by {_effect(row)} vs {row.reference}"
+        beyond = versus.get("best augmentation-only")
+        if beyond is not None:
+            sentence += (f"; beyond augmentation: {_effect(beyond)} vs the best augmentation-only arm "
+                         f"({beyond.reference}, chosen on validation Dice)")
+        sentences.append(sentence + ".")
     return sentences
+
+
+def _subject(arm: str, generator: str, augmentation: str) -> str:
+    if arm == "real":
+        return f"{augmentation} augmentation of the real arm"
+    return f"{generator} {arm} data" + ("" if augmentation == STANDARD else f" (with {augmentation} augmentation)")
+
+
+def _effect(row) -> str:
+    return (f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], "
+            f"Wilcoxon p={_fmt_p(row.p_wilcoxon_patients)} over {row.n_patients} test patients, "
+            f"{row.seeds_positive}/{row.n_seeds} seeds positive, t-test over seeds p={_fmt_p(row.p_ttest_seeds)}")
 
 
 def _fmt_p(p: float) -> str:

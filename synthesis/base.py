@@ -39,6 +39,9 @@ def register(name: str):
 class Generator(ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[GeneratorConfig]] = GeneratorConfig
+    # True for a generator whose images are the real slices only transformed (no new appearance): its arm is an
+    # augmentation-only baseline that synthetic arms must beat ("beyond augmentation" in the report).
+    augmentation_only: ClassVar[bool] = False
 
     def __init__(self, config: GeneratorConfig | None = None):
         if config is not None and not isinstance(config, self.config_class):

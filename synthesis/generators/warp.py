@@ -23,6 +23,7 @@ from synthesis.config import WarpConfig
 class WarpGenerator(Generator):
     config: WarpConfig
     config_class: ClassVar[type[WarpConfig]] = WarpConfig
+    augmentation_only: ClassVar[bool] = True  # real slices, only deformed: a baseline, not synthesis
 
     def __init__(self, config: WarpConfig | None = None):
         super().__init__(config)
