@@ -24,6 +24,28 @@ def has_suffix(path: Path | str, suffixes: tuple[str, ...]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def inside(root: Path | str, relative: str, *, source: Path | str, what: str, flat: bool = False) -> Path:
+    """`root / relative` for a name read from a file the user did not type (a manifest row, dataset.json,
+    Info.cfg), refused with one DataError naming `source` and `what` unless it stays inside `root`.
+
+    The check is on the name itself (absolute, `..` climbing out; `flat`: any folder part at all), not on
+    symlinks: a link the user placed inside a dataset is theirs to place. This keeps a crafted file from
+    reading or writing anywhere else (a case `../../x` or `/etc/x`)."""
+    text = str(relative)
+    parts = Path(text).parts
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            break
+    escapes = (not text.strip() or "\x00" in text or Path(text).is_absolute() or depth < 0
+               or (flat and (len(parts) != 1 or parts[0] in (".", ".."))))
+    if escapes:
+        where = "a plain file name" if flat else "a path inside that folder"
+        raise DataError(source, f"{what} {text!r} points outside {root}; expected {where}")
+    return Path(root) / text
+
+
 def read_volume(path: Path | str, dtype=None) -> Volume:
     """Read a volume keeping its affine; any read failure becomes one DataError naming the file."""
     path = Path(path)
