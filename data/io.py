@@ -1,9 +1,13 @@
 """Reading and writing volumes. NIfTI through nibabel; other formats (.mha, .mhd, .nrrd) through SimpleITK.
 
-Writes are atomic (temp file + rename) so a killed run never leaves a truncated file behind.
+Writes are atomic (temp file + rename) so a killed run never leaves a truncated file behind, honour the umask
+(0644 under the usual 022, as any other program's outputs; `mkstemp` alone would give 0600), and a full disk or
+a permission problem is one `WriteError` naming the file instead of a traceback.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
@@ -13,7 +17,7 @@ from typing import Iterator
 import nibabel as nib
 import numpy as np
 
-from data.types import DataError, Volume
+from data.types import DataError, Volume, WriteError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
@@ -103,21 +107,64 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+# errno of a failed write -> what the user is told; any other OSError is left as it is (a bug, not the disk)
+WRITE_CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system"}
+
+
+def write_error(exc: OSError, path: Path | str | None) -> WriteError | None:
+    """The WriteError for a failed write of `path`, or None when `exc` is not about the disk or permissions."""
+    cause = WRITE_CAUSES.get(exc.errno)
+    return WriteError(path, cause) if cause is not None else None
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Around code that writes `path`: a full disk or a permission problem becomes one WriteError naming
+    `path` (a failed write() names no file; torch and nibabel would not say which)."""
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@functools.cache
+def umask() -> int:
+    """The process umask, read once: from /proc where it is shown (asking os.umask means setting it, for every
+    thread at once), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds. The file gets the
+    mode a plain open() would give (0o666 less the umask); a failed write is a WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            os.chmod(tmp_path, 0o666 & ~umask())
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 def write_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray, *, is_label: bool = False) -> Path:
@@ -166,14 +213,23 @@ def write_text(path: Path | str, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def save_torch(path: Path | str, payload: dict) -> Path:
-    """torch.save to a temp file, fsync, then rename: a kill never leaves a truncated checkpoint."""
+    """torch.save to a temp file, fsync, then rename: a kill never leaves a truncated checkpoint.
+
+    It writes through a Python file: on a full disk that raises ENOSPC, where torch's own writer raises
+    "RuntimeError: ... unexpected pos", which says nothing about the disk."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as fh:  # make the bytes durable before the rename makes them visible
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # make the bytes durable before the rename makes them visible
     return Path(path)
 
 

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from data.io import write_text  # noqa: E402
+from data.io import write_bytes, write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import read_json  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
@@ -68,8 +68,7 @@ class _Doc:
         self._embed(buf.getvalue(), name, caption)
 
     def _embed(self, png: bytes, name: str, caption: str) -> None:
-        with open(self.out_dir / "figures" / f"{name}.png", "wb") as fh:
-            fh.write(png)
+        write_bytes(self.out_dir / "figures" / f"{name}.png", png)
         data = base64.b64encode(png).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")

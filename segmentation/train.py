@@ -35,7 +35,7 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from data.config import PreprocessConfig
-from data.io import keep_csv_rows
+from data.io import keep_csv_rows, writing
 from data.types import STRUCTURES, PreparedCase
 from segmentation.config import SegmentationConfig
 from segmentation.datasets import make_train_stream
@@ -248,7 +248,8 @@ class _MetricsLog:
         if not enabled:  # ranks other than 0: nothing is written
             return
         keep_csv_rows(path, lambda row: resume_step > 0 and int(row["step"]) <= resume_step, METRICS_COLUMNS)
-        self.fh = open(path, "a", newline="")
+        with writing(path):
+            self.fh = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
         self.tensorboard = None
         try:
@@ -270,14 +271,15 @@ class _MetricsLog:
     def flush(self) -> None:
         if not self.enabled:
             return
-        if self.pending is not None:
-            self.writer.writerow(self.pending)
-            if self.tensorboard is not None:
-                for key, value in self.pending.items():
-                    if key != "step":
-                        self.tensorboard.add_scalar(key, float(value), self.pending["step"])
-            self.pending = None
-        self.fh.flush()
+        with writing(self.path):
+            if self.pending is not None:
+                self.writer.writerow(self.pending)
+                if self.tensorboard is not None:
+                    for key, value in self.pending.items():
+                        if key != "step":
+                            self.tensorboard.add_scalar(key, float(value), self.pending["step"])
+                self.pending = None
+            self.fh.flush()
 
     def close(self) -> None:
         if not self.enabled:

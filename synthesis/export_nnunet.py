@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.io import inside
+from data.io import inside, umask, write_text, writing
 from data.types import LABELS, CaseRef
 
 FILE_ENDING = ".nii.gz"
@@ -63,20 +63,22 @@ def export_nnunet(synth_dir: Path | str, out_dir: Path | str, dataset_id: int, n
         seen[entry.case] = entry.ref.image_path
         _targets(entry, dataset_dir)  # every name checked before anything is written
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=out_dir))
-    try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
-        for entry in entries:
-            _write_entry(entry, tmp, label_map, link)
-        _write_dataset_json(tmp, name, n_synthetic, len(entries) - n_synthetic)
-        if dataset_dir.exists():
-            shutil.rmtree(dataset_dir)
-        os.replace(tmp, dataset_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with writing(dataset_dir):  # a full disk or a read-only folder: one line, and no half dataset left
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=out_dir))
+        try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the dataset from the lab group
+            (tmp / "imagesTr").mkdir()
+            (tmp / "labelsTr").mkdir()
+            for entry in entries:
+                _write_entry(entry, tmp, label_map, link)
+            _write_dataset_json(tmp, name, n_synthetic, len(entries) - n_synthetic)
+            if dataset_dir.exists():
+                shutil.rmtree(dataset_dir)
+            os.replace(tmp, dataset_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return dataset_dir
 
 
@@ -162,4 +164,4 @@ def _write_dataset_json(dataset_dir: Path, name: str, n_synthetic: int, n_real: 
         "numTraining": n_training,
         "file_ending": FILE_ENDING,
     }
-    (dataset_dir / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_text(dataset_dir / "dataset.json", json.dumps(spec, indent=2) + "\n")

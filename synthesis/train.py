@@ -40,7 +40,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from data.io import keep_csv_rows, load_torch, save_torch
+from data.io import keep_csv_rows, load_torch, save_torch, writing
 from data.types import NUM_CLASSES
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
@@ -393,15 +393,16 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"step": step, "seconds": round(seconds, 3), **{k: float(f"{v:.6g}") for k, v in losses.items()}}
-        if self._writer is None:
-            new = not self.path.is_file()
-            self.fields = self.fields or list(row)
-            self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
-            if new:
-                self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
+        with writing(self.path):
+            if self._writer is None:
+                new = not self.path.is_file()
+                self.fields = self.fields or list(row)
+                self._file = self.path.open("a", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
+                if new:
+                    self._writer.writeheader()
+            self._writer.writerow(row)
+            self._file.flush()
         self.rows = (self.rows + [row])[-50:]
 
     def tail_means(self) -> dict[str, float]:
