@@ -25,6 +25,11 @@ class DataError(ValueError):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
+class ForeignCheckpointError(ValueError):
+    """A training checkpoint in an output folder that another run wrote (other settings, arm or seed), so a
+    trainer cannot resume from it. `pipeline.cache.run_unit` then clears the unit folder and starts it over."""
+
+
 class WriteError(Exception):
     """An output that cannot be written: a full disk, no permission, a read-only file system. Names the path
     and the cause; writes are atomic, so everything written before stays intact and a re-run resumes."""

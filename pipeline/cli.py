@@ -13,7 +13,7 @@ import pipeline.run_cli
 import segmentation.cli
 import synthesis.cli
 from data.types import DataError, WriteError
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunDirLocked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what a relaunch under torchrun repeats
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, WriteError) as exc:  # one clear line, no traceback
+    except (DataError, ConfigError, WriteError, RunDirLocked) as exc:  # one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a folder or a log written outside the atomic writers

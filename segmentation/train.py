@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data.config import PreprocessConfig
 from data.io import keep_csv_rows, writing
-from data.types import STRUCTURES, PreparedCase
+from data.types import STRUCTURES, ForeignCheckpointError, PreparedCase
 from segmentation.config import SegmentationConfig
 from segmentation.datasets import make_train_stream
 from segmentation.evaluate import one_hot, predict_probabilities
@@ -220,7 +220,7 @@ def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict
     saved, current = ({k: v for k, v in c.items() if k not in RUNTIME_KEYS}
                       for c in (ckpt["config"], dataclasses.asdict(cfg)))
     if saved != current or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
-        raise ValueError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
+        raise ForeignCheckpointError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
                          f"or a different segmentation config); use a fresh output folder or delete it")
     return ckpt
 

@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from data.io import keep_csv_rows, load_torch, save_torch, writing
-from data.types import NUM_CLASSES
+from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
@@ -459,7 +459,7 @@ def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, finge
     if ckpt["step"] > model.config.steps:
         problems.append(f"it is at step {ckpt['step']}, beyond steps={model.config.steps}")
     if problems:
-        raise ValueError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
+        raise ForeignCheckpointError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
                          f"Use another output folder or delete the checkpoint to start over.")
     return ckpt
 
