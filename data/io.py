@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -233,8 +233,10 @@ def save_torch(path: Path | str, payload: dict) -> Path:
     return Path(path)
 
 
-def load_torch(path: Path | str, what: str, map_location="cpu") -> dict:
-    """torch.load (weights only, no code execution); a missing or corrupt file is one DataError naming it."""
+def load_torch(path: Path | str, what: str, map_location="cpu", *, keys: tuple[str, ...] = ()) -> dict:
+    """torch.load (weights only, no code execution) of a cmr-synth `what`: a dict holding `keys`. A missing file
+    is a DataError naming it; any other file (truncated, not torch, another cmr-synth file) is one DataError
+    "not a cmr-synth WHAT: PATH (it is ...)" saying what it is instead."""
     import torch
 
     path = Path(path)
@@ -242,8 +244,46 @@ def load_torch(path: Path | str, what: str, map_location="cpu") -> dict:
         raise DataError(path, f"{what} not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise DataError(path, f"unreadable {what} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict):
-        raise DataError(path, f"not a cmr-synth {what}")
+    except Exception as exc:  # truncated file, not a torch file, pickled code, ...
+        raise _not_a(path, what, _unloadable(path, exc)) from exc
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise _not_a(path, what, describe_torch_payload(payload))
     return payload
+
+
+def describe_torch_payload(payload: Any) -> str:
+    """What a loaded torch file is, by the keys cmr-synth's own files carry, for an error message."""
+    if not isinstance(payload, dict):
+        return f"a torch file holding a {type(payload).__name__}"
+    if "generator" in payload and "format" in payload:
+        return f"a {payload['generator']!r} generator file, for `cmr-synth synthesize --generator`"
+    if "generator" in payload and "fingerprint" in payload:
+        return f"a {payload['generator']!r} generator's training checkpoint"
+    if "arm" in payload and "model" in payload:
+        return "a segmentation checkpoint"
+    shown = sorted(map(str, payload))
+    return f"a torch file with keys {shown[:6]}{' ...' if len(shown) > 6 else ''}, not one cmr-synth wrote"
+
+
+def _unloadable(path: Path, exc: Exception) -> str:
+    """Why torch.load refused `path`, judged from its first bytes (torch's own messages say little)."""
+    import pickle
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip data such as a .nii.gz image, not a torch file"
+    if head == b"PK\x03\x04" and isinstance(exc, pickle.UnpicklingError):
+        return "a torch file holding Python objects (e.g. a whole pickled model), which are not loaded"
+    if head == b"PK\x03\x04":
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]  # torch goes on with advice
+        return f"a truncated or corrupt torch file ({type(exc).__name__}: {first})"
+    return "not a torch file"
+
+
+def _not_a(path: Path, what: str, kind: str) -> DataError:
+    error = DataError(None, f"not a cmr-synth {what}: {path} (it is {kind})")
+    error.path = path
+    return error

@@ -440,7 +440,8 @@ def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerpri
 def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    ckpt = load_torch(path, "generator checkpoint (delete it to start over)", map_location="cpu")
+    ckpt = load_torch(path, "generator training checkpoint", map_location="cpu",
+                      keys=("step", "seed", "fingerprint", "generator", "config", "image_shape", "model"))
     problems = []
     if ckpt["generator"] != model.name:
         problems.append(f"generator {ckpt['generator']!r} != {model.name!r}")
