@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config import blame, load_config
+    from pipeline.errors import ConfigError
     from pipeline.lock import HELD_ENV, RunLock
     from pipeline.logs import get_logger, setup_logging
     from pipeline.run import run_pipeline
@@ -55,7 +56,10 @@ def _run(args: argparse.Namespace) -> int:
         if notice:
             log.warning(notice)
         log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
-        run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+        try:
+            run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+        except ConfigError as exc:  # the data disagrees with the config (e.g. too few patients for the split)
+            raise blame(exc, str(args.config), overrides) from None
     report = Path(cfg.run_dir) / "report" / "report.html"
     if report.is_file() and run.ctx.is_main:
         from pipeline.report import headline_table

@@ -220,8 +220,9 @@ def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict
     saved, current = ({k: v for k, v in c.items() if k not in RUNTIME_KEYS}
                       for c in (ckpt["config"], dataclasses.asdict(cfg)))
     if saved != current or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
-        raise ForeignCheckpointError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
-                         f"or a different segmentation config); use a fresh output folder or delete it")
+        raise ForeignCheckpointError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed "
+                                     f"{ckpt.get('seed')}, or a different segmentation config); use a fresh output "
+                                     f"folder or delete it")
     return ckpt
 
 
