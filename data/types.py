@@ -25,6 +25,10 @@ class DataError(ValueError):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
+class DataWarning(UserWarning):
+    """Suspicious but legitimate data (e.g. slices without labels); filter with this category."""
+
+
 class ForeignCheckpointError(ValueError):
     """A training checkpoint in an output folder that another run wrote (other settings, arm or seed), so a
     trainer cannot resume from it. `pipeline.cache.run_unit` then clears the unit folder and starts it over."""
