@@ -11,6 +11,7 @@ the server's byte-range locks, so runs on different machines exclude each other 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -25,6 +26,7 @@ from pipeline.errors import RunDirLocked
 LOCK_NAME = ".lock"
 # Set by the process that holds the lock for the torchrun processes it starts, so that they run under it.
 HELD_ENV = "CMR_SYNTH_RUN_LOCK"
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a file system without flock (some FUSE mounts)
 
 
 class RunLock:
@@ -35,6 +37,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
         self.stale: dict | None = None
+        self.unsupported = False  # the file system has no locks: the run goes on, unguarded, and says so
 
     def acquire(self) -> "RunLock":
         with writing(self.path):
@@ -49,6 +52,11 @@ class RunLock:
                     raise RunDirLocked(f"run directory {self.run_dir} is in use by another cmr-synth run "
                                        f"({describe(holder)}); wait for it to end or choose another --run-dir"
                                        ) from None
+                except OSError as exc:
+                    if exc.errno not in NO_LOCKS:
+                        os.close(fd)
+                        raise
+                    self.unsupported = True
                 if _same_file(fd, self.path):
                     self.fd = fd
                 else:  # its holder removed the file while we opened it: lock the one that is there now
@@ -61,8 +69,11 @@ class RunLock:
             os.pwrite(self.fd, (json.dumps(record) + "\n").encode(), 0)
         return self
 
-    def takeover_notice(self) -> str | None:
-        """What to tell the user when the lock was left by a run that is gone (None otherwise)."""
+    def notice(self) -> str | None:
+        """What to tell the user: a lock taken over from a run that is gone, or no locking here (else None)."""
+        if self.unsupported:
+            return (f"run directory {self.run_dir}: its file system does not support file locks, so a second run "
+                    f"on it at the same time would not be refused")
         if self.stale is None:
             return None
         return (f"run directory {self.run_dir}: taking over the lock left by a run that is gone "

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import blame, load_config
     from pipeline.errors import ConfigError
-    from pipeline.lock import HELD_ENV, RunLock
+    from pipeline.lock import HELD_ENV, LOCK_NAME, RunLock
     from pipeline.logs import get_logger, setup_logging
     from pipeline.run import run_pipeline
 
@@ -45,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     # One run per run directory: this process holds the lock unless it is one of the torchrun processes that
     # a holding parent started (HELD_ENV) or, under a torchrun started by hand, not rank 0.
-    held_above = HELD_ENV in os.environ or rank != 0
+    held_above = os.environ.get(HELD_ENV) == str(Path(cfg.run_dir) / LOCK_NAME) or rank != 0
     with RunLock(cfg.run_dir) if not held_above else nullcontext() as lock:
-        notice = lock.takeover_notice() if lock is not None else None
+        notice = lock.notice() if lock is not None else None
         if cfg.launch.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
             if notice:
                 get_logger().warning(notice)

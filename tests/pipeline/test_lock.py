@@ -27,5 +27,18 @@ def test_a_lock_file_nobody_holds_is_taken_over_with_a_notice(tmp_path):
     with RunLock(tmp_path) as lock:
         assert lock.stale["pid"] == 999999
         assert "taking over the lock left by a run that is gone (pid 999999 on node7, started yesterday)" in \
-            lock.takeover_notice()
+            lock.notice()
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_a_file_system_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with RunLock(tmp_path) as lock:
+        assert "does not support file locks" in lock.notice()
+    assert not (tmp_path / LOCK_NAME).exists()
