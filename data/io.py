@@ -1,19 +1,23 @@
 """Reading and writing volumes. NIfTI through nibabel; other formats (.mha, .mhd, .nrrd) through SimpleITK.
 
-Writes are atomic (temp file + rename) so a killed run never leaves a truncated file behind.
+Writes are atomic (temp file + rename) so a killed run never leaves a truncated file behind, honour the umask
+(0644 under the usual 022, as any other program's outputs; `mkstemp` alone would give 0600), and a full disk or
+a permission problem is one `WriteError` naming the file instead of a traceback.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
 
-from data.types import DataError, Volume
+from data.types import DataError, Volume, WriteError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
@@ -22,6 +26,28 @@ SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 def has_suffix(path: Path | str, suffixes: tuple[str, ...]) -> bool:
     name = str(path).lower()
     return any(name.endswith(s) for s in suffixes)
+
+
+def inside(root: Path | str, relative: str, *, source: Path | str, what: str, flat: bool = False) -> Path:
+    """`root / relative` for a name read from a file the user did not type (a manifest row, dataset.json,
+    Info.cfg), refused with one DataError naming `source` and `what` unless it stays inside `root`.
+
+    The check is on the name itself (absolute, `..` climbing out; `flat`: any folder part at all), not on
+    symlinks: a link the user placed inside a dataset is theirs to place. This keeps a crafted file from
+    reading or writing anywhere else (a case `../../x` or `/etc/x`)."""
+    text = str(relative)
+    parts = Path(text).parts
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            break
+    escapes = (not text.strip() or "\x00" in text or Path(text).is_absolute() or depth < 0
+               or (flat and (len(parts) != 1 or parts[0] in (".", ".."))))
+    if escapes:
+        where = "a plain file name" if flat else "a path inside that folder"
+        raise DataError(source, f"{what} {text!r} points outside {root}; expected {where}")
+    return Path(root) / text
 
 
 def read_volume(path: Path | str, dtype=None) -> Volume:
@@ -81,21 +107,64 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+# errno of a failed write -> what the user is told; any other OSError is left as it is (a bug, not the disk)
+WRITE_CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system"}
+
+
+def write_error(exc: OSError, path: Path | str | None) -> WriteError | None:
+    """The WriteError for a failed write of `path`, or None when `exc` is not about the disk or permissions."""
+    cause = WRITE_CAUSES.get(exc.errno)
+    return WriteError(path, cause) if cause is not None else None
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Around code that writes `path`: a full disk or a permission problem becomes one WriteError naming
+    `path` (a failed write() names no file; torch and nibabel would not say which)."""
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@functools.cache
+def umask() -> int:
+    """The process umask, read once: from /proc where it is shown (asking os.umask means setting it, for every
+    thread at once), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds. The file gets the
+    mode a plain open() would give (0o666 less the umask); a failed write is a WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            os.chmod(tmp_path, 0o666 & ~umask())
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 def write_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray, *, is_label: bool = False) -> Path:
@@ -144,19 +213,30 @@ def write_text(path: Path | str, text: str) -> Path:
     return Path(path)
 
 
-def save_torch(path: Path | str, payload: dict) -> Path:
-    """torch.save to a temp file, fsync, then rename: a kill never leaves a truncated checkpoint."""
-    import torch
-
+def write_bytes(path: Path | str, data: bytes) -> Path:
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as fh:  # make the bytes durable before the rename makes them visible
-            os.fsync(fh.fileno())
+        tmp.write_bytes(data)
     return Path(path)
 
 
-def load_torch(path: Path | str, what: str, map_location="cpu") -> dict:
-    """torch.load (weights only, no code execution); a missing or corrupt file is one DataError naming it."""
+def save_torch(path: Path | str, payload: dict) -> Path:
+    """torch.save to a temp file, fsync, then rename: a kill never leaves a truncated checkpoint.
+
+    It writes through a Python file: on a full disk that raises ENOSPC, where torch's own writer raises
+    "RuntimeError: ... unexpected pos", which says nothing about the disk."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # make the bytes durable before the rename makes them visible
+    return Path(path)
+
+
+def load_torch(path: Path | str, what: str, map_location="cpu", *, keys: tuple[str, ...] = ()) -> dict:
+    """torch.load (weights only, no code execution) of a cmr-synth `what`: a dict holding `keys`. A missing file
+    is a DataError naming it; any other file (truncated, not torch, another cmr-synth file) is one DataError
+    "not a cmr-synth WHAT: PATH (it is ...)" saying what it is instead."""
     import torch
 
     path = Path(path)
@@ -164,8 +244,46 @@ def load_torch(path: Path | str, what: str, map_location="cpu") -> dict:
         raise DataError(path, f"{what} not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise DataError(path, f"unreadable {what} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict):
-        raise DataError(path, f"not a cmr-synth {what}")
+    except Exception as exc:  # truncated file, not a torch file, pickled code, ...
+        raise _not_a(path, what, _unloadable(path, exc)) from exc
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise _not_a(path, what, describe_torch_payload(payload))
     return payload
+
+
+def describe_torch_payload(payload: Any) -> str:
+    """What a loaded torch file is, by the keys cmr-synth's own files carry, for an error message."""
+    if not isinstance(payload, dict):
+        return f"a torch file holding a {type(payload).__name__}"
+    if "generator" in payload and "format" in payload:
+        return f"a {payload['generator']!r} generator file, for `cmr-synth synthesize --generator`"
+    if "generator" in payload and "fingerprint" in payload:
+        return f"a {payload['generator']!r} generator's training checkpoint"
+    if "arm" in payload and "model" in payload:
+        return "a segmentation checkpoint"
+    shown = sorted(map(str, payload))
+    return f"a torch file with keys {shown[:6]}{' ...' if len(shown) > 6 else ''}, not one cmr-synth wrote"
+
+
+def _unloadable(path: Path, exc: Exception) -> str:
+    """Why torch.load refused `path`, judged from its first bytes (torch's own messages say little)."""
+    import pickle
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip data such as a .nii.gz image, not a torch file"
+    if head == b"PK\x03\x04" and isinstance(exc, pickle.UnpicklingError):
+        return "a torch file holding Python objects (e.g. a whole pickled model), which are not loaded"
+    if head == b"PK\x03\x04":
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]  # torch goes on with advice
+        return f"a truncated or corrupt torch file ({type(exc).__name__}: {first})"
+    return "not a torch file"
+
+
+def _not_a(path: Path, what: str, kind: str) -> DataError:
+    error = DataError(None, f"not a cmr-synth {what}: {path} (it is {kind})")
+    error.path = path
+    return error

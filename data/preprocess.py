@@ -317,7 +317,7 @@ def _labelled_outside_crop(oriented_labels: np.ndarray, geometry: Geometry) -> i
 
 
 def _warn_cropped(path, lost: int, geometry: Geometry) -> None:
-    from data.validate import DataWarning
+    from data.types import DataWarning
 
     warnings.warn(f"{path}: the {geometry.crop_size}-pixel crop around the image centre cuts off {lost} labelled "
                   f"voxels; consider a larger crop_size", DataWarning, stacklevel=3)

@@ -90,11 +90,7 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
     else:
         test, n_test = [], int(cfg.n_test)
     n_val = int(cfg.n_val)
-    if n_test < 0 or n_val < 0:
-        raise ValueError(f"split: n_test={cfg.n_test} and n_val={cfg.n_val} must not be negative")
-    if len(pool) < n_test + n_val + 1:
-        raise ValueError(f"split: n_test={n_test} + n_val={n_val} + at least 1 training patient needs "
-                         f"{n_test + n_val + 1} patients, but only {len(pool)} were found")
+    check_split_sizes(len(pool), cfg, separate_test=test_patient_ids is not None)
     order = stratified_order(pool, rng, strata)
     if n_test:
         test = sorted(order[:n_test])
@@ -119,6 +115,22 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
     if fractions:
         split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata, linked=groups)
     return split
+
+
+def check_split_sizes(n_patients: int, cfg: SplitConfig, *, separate_test: bool, where: str = "") -> None:
+    """ValueError naming the keys unless `n_patients` hold the test (unless `separate_test`) and validation
+    patients and one training patient: cheap, so the pipeline checks it as soon as the patients are counted."""
+    n_test = 0 if separate_test else int(cfg.n_test)
+    if n_test < 0 or cfg.n_val < 0:
+        raise ValueError(f"data.split.n_test = {cfg.n_test} and data.split.n_val = {cfg.n_val} must not be "
+                         f"negative")
+    needed = n_test + int(cfg.n_val) + 1
+    if n_patients < needed:
+        asked = "" if separate_test else f"data.split.n_test = {cfg.n_test} test + "
+        lower = "data.split.n_val" if separate_test else "data.split.n_test or data.split.n_val"
+        raise ValueError(f"{asked}data.split.n_val = {cfg.n_val} validation + 1 training patient need {needed} "
+                         f"patients, but only {n_patients} were found{' in ' + where if where else ''}; lower "
+                         f"{lower}")
 
 
 def duplicate_patients(image_hashes: dict[str, Iterable[str]]) -> list[set[str]]:

@@ -25,6 +25,27 @@ class DataError(ValueError):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
+class DataWarning(UserWarning):
+    """Suspicious but legitimate data (e.g. slices without labels); filter with this category."""
+
+
+class ForeignCheckpointError(ValueError):
+    """A training checkpoint in an output folder that another run wrote (other settings, arm or seed), so a
+    trainer cannot resume from it. `pipeline.cache.run_unit` then clears the unit folder and starts it over."""
+
+
+class WriteError(Exception):
+    """An output that cannot be written: a full disk, no permission, a read-only file system. Names the path
+    and the cause; writes are atomic, so everything written before stays intact and a re-run resumes."""
+
+    def __init__(self, path: Path | str | None, cause: str):
+        super().__init__(path, cause)  # both args: the error pickles (it crosses processes under torchrun)
+        self.path, self.cause = (Path(path) if path is not None else None), cause
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path if self.path is not None else '(path unknown)'}: {self.cause}"
+
+
 @dataclass(frozen=True)
 class CaseRef:
     """One phase (e.g. ED or ES) of one patient, as found on disk; nothing is read yet."""

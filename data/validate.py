@@ -18,16 +18,12 @@ from tqdm.auto import tqdm
 from data.io import read_volume, write_csv
 from data.labels import remap_labels, validate_label_map
 from data.layouts import list_cases
-from data.types import LABELS, STRUCTURES, CaseRef, DataError, Volume
+from data.types import LABELS, STRUCTURES, CaseRef, DataError, DataWarning, Volume
 
 ROLES = ("train", "val", "test")
 # Image and mask must share a grid: equal affines up to these tolerances (relative, and mm).
 AFFINE_RTOL = 1e-3
 AFFINE_ATOL = 1e-2
-
-
-class DataWarning(UserWarning):
-    """Suspicious but legitimate data (e.g. slices without labels); filter with this category."""
 
 
 def load_case(ref: CaseRef, label_map: dict[int, int] | None = None, *, require_mask: bool = True,
@@ -50,6 +46,7 @@ def load_case(ref: CaseRef, label_map: dict[int, int] | None = None, *, require_
         if require_mask:
             raise DataError(ref.image_path, f"no mask file found for case {ref.case_id}; expected one beside the "
                                             f"image (ACDC: <image>_gt.nii.gz, nnU-Net: labelsTr/<case>.nii.gz)")
+        _check_contrast(image, None, role)
         return image, None
 
     raw = _read_3d(ref.mask_path)
@@ -62,6 +59,7 @@ def load_case(ref: CaseRef, label_map: dict[int, int] | None = None, *, require_
                                        f"\nimage:\n{image.affine}")
     mask = Volume(remap_labels(raw.array, label_map, ref.mask_path), image.affine.copy(), ref.mask_path)
     _check_foreground(mask, role)
+    _check_contrast(image, mask, role)
     return image, mask
 
 
@@ -98,6 +96,19 @@ def _check_foreground(mask: Volume, role: str) -> None:
                       f"(normal beyond base and apex)", DataWarning, stacklevel=3)
 
 
+def _check_contrast(image: Volume, mask: Volume | None, role: str) -> None:
+    """A constant image (all zeros: a failed export or conversion) would train silently on nothing. A training
+    case whose image is constant inside its mask is an error; any other constant image a warning."""
+    if mask is not None and role == "train":
+        heart = image.array[mask.array > 0]
+        if heart.size and heart.min() == heart.max():
+            raise DataError(image.path, f"no contrast inside the mask (every labelled voxel is {heart.flat[0]:g}); "
+                                        f"expected an MR image of the heart in a training case")
+    if image.array.min() == image.array.max():
+        warnings.warn(f"{image.path}: image is constant ({image.array.flat[0]:g} everywhere); expected an MR "
+                      f"image with contrast", DataWarning, stacklevel=3)
+
+
 @dataclass
 class ValidationReport:
     """Per-case summary of a dataset folder; `frame` has one row per case (or per unlistable patient)."""
@@ -105,6 +116,7 @@ class ValidationReport:
     frame: pd.DataFrame
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # entries that look like cases but do not fit the layout
 
     @property
     def ok(self) -> bool:
@@ -135,6 +147,8 @@ class ValidationReport:
             parts.append(table.to_string(index=False))
         else:
             parts.append("(no cases)")
+        if self.skipped:
+            parts.append("warnings:\n" + "\n".join(f"  {w}" for w in self.skipped))
         if self.errors:
             parts.append("errors:\n" + "\n".join(f"  {e}" for e in self.errors))
         parts.append(self.summary_line())
@@ -164,7 +178,11 @@ def validate_dataset(root: Path | str, layout: str = "auto", label_map: dict[int
         errors.append(str(exc))
         rows.append(_row(entry, "", "", status="error", message=str(exc)))
 
-    cases = list_cases(root, layout, on_error=listing_error)
+    with warnings.catch_warnings(record=True) as caught:  # entries the layout skipped, listed in the report
+        warnings.simplefilter("always")
+        cases = list_cases(root, layout, on_error=listing_error)
+    skipped = [str(w.message) for w in caught]
+    all_warnings.extend(skipped)
     if not cases and not errors:
         errors.append(f"{root}: no cases found")
     for ref in tqdm(cases, desc=f"validating {Path(root).name}", unit="case", disable=None):
@@ -180,7 +198,7 @@ def validate_dataset(root: Path | str, layout: str = "auto", label_map: dict[int
         notes = [_strip_prefixes(str(w.message), prefixes) for w in caught]
         all_warnings.extend(notes)
         rows.append(_case_row(ref, image, mask, "; ".join(notes)))
-    return ValidationReport(pd.DataFrame(rows, columns=COLUMNS), errors, all_warnings)
+    return ValidationReport(pd.DataFrame(rows, columns=COLUMNS), errors, all_warnings, skipped)
 
 
 def _strip_prefixes(text: str, prefixes: tuple[str, ...]) -> str:

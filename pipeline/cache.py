@@ -7,7 +7,9 @@ config, the keys of what it reads). A unit's folder holds `.started` (its key, w
 - a unit whose done.json carries the current key is skipped;
 - a unit started with the current key but not done (a killed run) is resumed in place: its trainer picks up
   its own checkpoints there;
-- a unit started or done with another key is stale: its folder is emptied before it runs again.
+- a unit started or done with another key is stale: its folder is emptied before it runs again;
+- a unit whose trainer finds a checkpoint of another run in it (`ForeignCheckpointError`) is emptied and run
+  again, so no folder state can block every later run.
 Half-written outputs are never mistaken for finished ones because only done.json says "finished".
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from data.io import write_text
+from data.types import ForeignCheckpointError
+from pipeline.logs import get_logger
 
 if TYPE_CHECKING:
     from segmentation.runtime import DistributedContext
@@ -80,24 +84,43 @@ def run_unit(unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]], *
     if record is not None:
         return record["result"]
     main = ctx is None or ctx.is_main
-    if main:
-        started = unit_dir / STARTED
-        if unit_dir.exists():
-            previous = started.read_text().strip() if started.is_file() else None
-            if previous != key:
-                shutil.rmtree(unit_dir)
-        unit_dir.mkdir(parents=True, exist_ok=True)
-        if not started.is_file():
-            write_text(started, key)
+    if main and _started_key(unit_dir) != key:
+        _reset(unit_dir, key)
     if ctx is not None:
         ctx.barrier()
     t0 = time.perf_counter()
-    result = work(unit_dir)
+    try:
+        result = work(unit_dir)
+    except ForeignCheckpointError as exc:
+        # The folder has this unit's key but a checkpoint another run wrote (two runs at once before the run
+        # lock, a copied file): start over rather than fail the same way in every later run.
+        get_logger().warning(f"{exc}; starting {unit_dir} over")
+        if main:
+            _reset(unit_dir, key)
+        if ctx is not None:
+            ctx.barrier()
+        result = work(unit_dir)
     if main:
         write_json(unit_dir / DONE, {"key": key, "result": result, "wall_s": round(time.perf_counter() - t0, 2)})
     if ctx is not None:
         ctx.barrier()
     return result
+
+
+def _started_key(unit_dir: Path) -> str | None:
+    """The key the unit folder was started with; None when it is absent or unreadable (so: reset)."""
+    try:
+        return (unit_dir / STARTED).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _reset(unit_dir: Path, key: str) -> None:
+    """An empty unit folder started with `key`: nothing of another key's outputs can leak into it."""
+    if unit_dir.exists():
+        shutil.rmtree(unit_dir)
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    write_text(unit_dir / STARTED, key)
 
 
 @dataclass

@@ -12,8 +12,8 @@ import data.cli
 import pipeline.run_cli
 import segmentation.cli
 import synthesis.cli
-from data.types import DataError
-from pipeline.errors import ConfigError
+from data.types import DataError, WriteError
+from pipeline.errors import ConfigError, RunDirLocked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what a relaunch under torchrun repeats
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError) as exc:  # bad input: one clear line, no traceback
+    except (DataError, ConfigError, WriteError, RunDirLocked) as exc:  # one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder or a log written outside the atomic writers
+        from data.io import write_error
+
+        error = write_error(exc, exc.filename)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,9 +114,24 @@ def load_config(path: Path | str | None = None, *, profile: str | None = None,
         raw["profile"] = chosen
     for item in overrides:
         raw = deep_merge(raw, parse_override(item))
-    cfg = from_mapping(PipelineConfig, raw, prefix="", source=source)
-    check_consistency(cfg, source)
+    try:
+        cfg = from_mapping(PipelineConfig, raw, prefix="", source=source)
+        check_consistency(cfg, source)
+    except ConfigError as exc:
+        raise blame(exc, source, overrides) from None
     return cfg
+
+
+def blame(exc: ConfigError, source: str, overrides: list[str] | tuple[str, ...]) -> ConfigError:
+    """`exc` named after where its key was set: the last `--set` that set one of its keys (or a section holding
+    it, or a key inside it), else `source` (the YAML file) when it names no source yet."""
+    for key in exc.keys:
+        key = re.split(r"\[| \(", key)[0]  # experiment.generators[0], data.label_map (key 7) -> the key
+        for item in reversed(overrides):
+            name = item.split("=", 1)[0].strip()
+            if key == name or key.startswith(f"{name}.") or name.startswith(f"{key}."):
+                return exc.set_by(f"--set {item}")
+    return exc if exc.source else exc.set_by(source)
 
 
 def parse_override(item: str) -> dict[str, Any]:
@@ -153,12 +169,12 @@ def from_mapping(cls: type, raw: Any, *, prefix: str, source: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} must be a mapping of keys, got {raw!r}")
+        raise _error(source, prefix.rstrip("."), f"{where} must be a mapping of keys, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: "
-                          f"{', '.join(sorted(fields))}")
+        key = f"{prefix}{unknown[0]!s}"
+        raise _error(source, key, f"unknown key {key}; allowed keys under {where}: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in raw.items():
@@ -181,8 +197,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             try:
                 return _coerce(value, arg, key, source)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+                errors.append(exc)
+        raise errors[0]
     if origin is list:
         if not isinstance(value, list):
             raise _type_error(key, value, f"a list of {_name(args[0])}", source)
@@ -212,7 +228,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return value
     if hint is Any:
         return value
-    raise ConfigError(f"{source}: {key}: unsupported type {hint!r} in the config schema")  # a bug of ours
+    raise _error(source, key, f"{key}: unsupported type {hint!r} in the config schema")  # a bug of ours
 
 
 def _check_constraints(value: Any, meta: typing.Mapping[str, Any], key: str, source: str) -> None:
@@ -220,11 +236,11 @@ def _check_constraints(value: Any, meta: typing.Mapping[str, Any], key: str, sou
         return
     if isinstance(value, list):
         if "len" in meta and len(value) != meta["len"]:
-            raise ConfigError(f"{source}: {key} must have exactly {meta['len']} values, got {value!r}")
+            raise _error(source, key, f"{key} must have exactly {meta['len']} values, got {value!r}")
         if "min_len" in meta and len(value) < meta["min_len"]:
-            raise ConfigError(f"{source}: {key} needs at least {meta['min_len']} value(s), got {value!r}")
+            raise _error(source, key, f"{key} needs at least {meta['min_len']} value(s), got {value!r}")
         if len(set(map(repr, value))) != len(value) and meta.get("unique", True) and "len" not in meta:
-            raise ConfigError(f"{source}: {key} lists a value twice: {value!r}")
+            raise _error(source, key, f"{key} lists a value twice: {value!r}")
         for i, item in enumerate(value):
             _check_scalar(item, meta, f"{key}[{i}]", source)
     elif isinstance(value, dict):
@@ -235,18 +251,23 @@ def _check_constraints(value: Any, meta: typing.Mapping[str, Any], key: str, sou
 
 def _check_scalar(value: Any, meta: typing.Mapping[str, Any], key: str, source: str) -> None:
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{source}: {key} = {value!r} is not allowed; choose one of {list(meta['choices'])}")
+        raise _error(source, key, f"{key} = {value!r} is not allowed; choose one of {list(meta['choices'])}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{source}: {key} = {value!r} is too small; allowed: >= {meta['min']}")
+            raise _error(source, key, f"{key} = {value!r} is too small; allowed: >= {meta['min']}")
         if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-            raise ConfigError(f"{source}: {key} = {value!r} is too small; allowed: > {meta['min_exclusive']}")
+            raise _error(source, key, f"{key} = {value!r} is too small; allowed: > {meta['min_exclusive']}")
         if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{source}: {key} = {value!r} is too large; allowed: <= {meta['max']}")
+            raise _error(source, key, f"{key} = {value!r} is too large; allowed: <= {meta['max']}")
 
 
 def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}) has the wrong type; expected {expected}")
+    return _error(source, key, f"{key} = {value!r} ({type(value).__name__}) has the wrong type; expected {expected}")
+
+
+def _error(source: str, keys: str | tuple[str, ...], message: str) -> ConfigError:
+    """A ConfigError about `keys` (the first is the one to blame), from `source` unless a --set gave it."""
+    return ConfigError(message, source=source, keys=(keys,) if isinstance(keys, str) else keys)
 
 
 def _name(hint: Any) -> str:
@@ -258,41 +279,44 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
     crop = cfg.data.preprocess.crop_size
     seg = cfg.segmentation
     if len(seg.strides) != len(seg.channels) - 1:
-        raise ConfigError(f"{source}: segmentation.strides needs one value fewer than segmentation.channels "
-                          f"({len(seg.channels)} channels -> {len(seg.channels) - 1} strides), got {seg.strides}")
+        raise _error(source, ("segmentation.strides", "segmentation.channels"),
+                     f"segmentation.strides needs one value fewer than segmentation.channels "
+                     f"({len(seg.channels)} channels -> {len(seg.channels) - 1} strides), got {seg.strides}")
     factor = int(np.prod(seg.strides))
     if crop % factor:
-        raise ConfigError(f"{source}: data.preprocess.crop_size = {crop} must be divisible by the U-Net's "
-                          f"downsampling factor {factor} (product of segmentation.strides); e.g. "
-                          f"{crop - crop % factor or factor} or {crop - crop % factor + factor}")
+        raise _error(source, ("data.preprocess.crop_size", "segmentation.strides"),
+                     f"data.preprocess.crop_size = {crop} must be divisible by the U-Net's "
+                     f"downsampling factor {factor} (product of segmentation.strides); e.g. "
+                     f"{crop - crop % factor or factor} or {crop - crop % factor + factor}")
     needs_generators = any(arm != "real" for arm in cfg.experiment.arms)
     if needs_generators and not cfg.experiment.generators:
-        raise ConfigError(f"{source}: experiment.arms {cfg.experiment.arms} need at least one entry in "
-                          f"experiment.generators")
+        raise _error(source, ("experiment.generators", "experiment.arms"),
+                     f"experiment.arms {cfg.experiment.arms} need at least one entry in experiment.generators")
     from synthesis.base import REGISTRY
     import synthesis.generators  # noqa: F401  (fills the registry)
 
     for i, name in enumerate(cfg.experiment.generators):
         if name not in REGISTRY:
-            raise ConfigError(f"{source}: experiment.generators[{i}] = {name!r} is not a generator; "
-                              f"choose from {sorted(REGISTRY)}")
+            raise _error(source, f"experiment.generators[{i}]", f"experiment.generators[{i}] = {name!r} is not a "
+                                                                f"generator; choose from {sorted(REGISTRY)}")
     for i, mixture in enumerate(cfg.experiment.mixtures):
         parts = mixture.split("+")
         if len(parts) < 2 or len(set(parts)) != len(parts) or not set(parts) <= set(cfg.experiment.generators):
-            raise ConfigError(f"{source}: experiment.mixtures[{i}] = {mixture!r}: expected two or more different "
-                              f"generators joined by '+', each listed in experiment.generators "
-                              f"{cfg.experiment.generators}")
+            raise _error(source, (f"experiment.mixtures[{i}]", "experiment.generators"),
+                         f"experiment.mixtures[{i}] = {mixture!r}: expected two or more different generators "
+                         f"joined by '+', each listed in experiment.generators {cfg.experiment.generators}")
     for name in cfg.experiment.generators:
         factor = cfg.synthesis.size_divisor(name)
         if crop % factor:
-            raise ConfigError(f"{source}: data.preprocess.crop_size = {crop} must be divisible by {factor} for "
-                              f"generator {name!r} (its downsampling depth, see synthesis.{name})")
+            raise _error(source, ("data.preprocess.crop_size", f"synthesis.{name}"),
+                         f"data.preprocess.crop_size = {crop} must be divisible by {factor} for generator {name!r} "
+                         f"(its downsampling depth, see synthesis.{name})")
     from synthesis.masks import check_source_mix
 
     try:
         check_source_mix(cfg.synthesis.masks.source_mix)
     except ValueError as exc:
-        raise ConfigError(f"{source}: synthesis.masks.{exc}") from exc
+        raise _error(source, "synthesis.masks.source_mix", f"synthesis.masks.{exc}") from exc
     if cfg.synthesis.masks.source_mix.get("sampled", 0) > 0:
         for name in cfg.experiment.generators:
             needs = cfg.synthesis.generator_config(name).context_settings()
@@ -300,17 +324,30 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
                 key = needs[0]
                 what, fix = ((f"synthesis.{name}.{key}", f"change synthesis.{name}.{key}") if key else
                              (f"generator {name!r}", f"remove {name!r} from experiment.generators"))
-                raise ConfigError(f"{source}: {what} needs the real slice behind each mask, which masks sampled "
-                                  f"from the shape model lack: set synthesis.masks.source_mix.sampled to 0 or {fix}")
+                keys = (f"synthesis.{name}.{key}" if key else "experiment.generators", "synthesis.masks.source_mix")
+                raise _error(source, keys, f"{what} needs the real slice behind each mask, which masks sampled "
+                                           f"from the shape model lack: set synthesis.masks.source_mix.sampled to 0 "
+                                           f"or {fix}")
     names = [t.name for t in cfg.data.extra_test_sets]
     for i, name in enumerate(names):
+        key = f"data.extra_test_sets[{i}].name"
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-            raise ConfigError(f"{source}: data.extra_test_sets[{i}].name = {name!r}: expected a non-empty name of "
-                              f"letters, digits, '-', '_' or '.' (it names a folder and a report row)")
+            raise _error(source, key, f"{key} = {name!r}: expected a non-empty name of letters, digits, '-', '_' "
+                                      f"or '.' (it names a folder and a report row)")
         if names.index(name) != i:
-            raise ConfigError(f"{source}: data.extra_test_sets[{i}].name = {name!r} is used twice")
+            raise _error(source, key, f"{key} = {name!r} is used twice")
     if cfg.data.test_root is not None and not cfg.data.root:
-        raise ConfigError(f"{source}: data.test_root is set but data.root is empty; the phantom has no test root")
+        raise _error(source, ("data.test_root", "data.root"),
+                     "data.test_root is set but data.root is empty; the phantom has no test root")
+    from data.labels import validate_label_map
+
+    maps = {"data.label_map": cfg.data.label_map}
+    maps.update({f"data.extra_test_sets[{i}].label_map": t.label_map for i, t in enumerate(cfg.data.extra_test_sets)})
+    for key, label_map in maps.items():
+        try:
+            validate_label_map(label_map)
+        except ValueError as exc:  # "label_map[1] = 7: expected an internal label, one of 0 (background), ..."
+            raise _error(source, key, f"{key.removesuffix('label_map')}{exc}") from None
 
 
 def to_dict(cfg: Any) -> Any:

@@ -19,6 +19,15 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _RunLog(logging.FileHandler):
+    """run.log. A line that cannot be written (a full disk) is dropped rather than printed as a logging
+    traceback: the next output the run writes fails with one line naming the problem."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 class _WarningFilter(logging.Filter):
     """Python warnings arrive as 'file:line: Category: message\n  source'; keep 'Category: message'.
     Empty slices beyond base and apex are normal: they go to run.log only, not the console."""
@@ -52,7 +61,7 @@ def setup_logging(run_dir: Path, level: int = logging.INFO, *, rank: int = 0) ->
         logger.propagate = False
         return logger
     run_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(run_dir / "run.log")
+    file_handler = _RunLog(run_dir / "run.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console = _TqdmHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -64,7 +73,7 @@ def setup_logging(run_dir: Path, level: int = logging.INFO, *, rank: int = 0) ->
     warnings_logger = logging.getLogger("py.warnings")
     for handler in list(warnings_logger.handlers):
         warnings_logger.removeHandler(handler)
-    for handler, on_console in ((logging.FileHandler(run_dir / "run.log"), False), (_TqdmHandler(), True)):
+    for handler, on_console in ((_RunLog(run_dir / "run.log"), False), (_TqdmHandler(), True)):
         handler.setFormatter(logging.Formatter("%(asctime)s WARNING %(message)s" if not on_console
                                                else "warning: %(message)s"))
         handler.addFilter(_WarningFilter(console=on_console))

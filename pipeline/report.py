@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from data.io import write_text  # noqa: E402
+from data.io import write_bytes, write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import read_json  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
@@ -68,8 +68,7 @@ class _Doc:
         self._embed(buf.getvalue(), name, caption)
 
     def _embed(self, png: bytes, name: str, caption: str) -> None:
-        with open(self.out_dir / "figures" / f"{name}.png", "wb") as fh:
-            fh.write(png)
+        write_bytes(self.out_dir / "figures" / f"{name}.png", png)
         data = base64.b64encode(png).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -308,19 +307,17 @@ def _generator_grid(run: "Run", name: str) -> plt.Figure | None:
 
 def _synthetic_examples(run: "Run", name: str) -> plt.Figure | None:
     from data.io import read_volume
+    from synthesis.synthesize import MANIFEST, read_manifest
 
     fraction = min(run.cfg.experiment.fractions)
     root = run.stage_dir("synthesize") / f"f{fraction:g}" / name / "cases"
-    manifest = root / "manifest.csv"
-    if not manifest.is_file():
+    if not (root / MANIFEST).is_file():
         return None
-    rows = pd.read_csv(manifest).groupby("mask_source").head(3).head(6)
+    rows = read_manifest(root).groupby("mask_source").head(3).head(6)  # its paths are checked to stay in root
     fig, axes = plt.subplots(1, len(rows), figsize=(2.4 * len(rows), 2.6), squeeze=False)
     for ax, row in zip(axes[0], rows.itertuples()):
-        case_dir = root / row.case
-        image_path = sorted(p for p in case_dir.glob("*.nii*") if "_gt" not in p.name)[0]
-        image = read_volume(image_path).array.astype(np.float32)
-        mask = read_volume(str(image_path).replace(".nii", "_gt.nii", 1)).array
+        image = read_volume(root / row.path).array.astype(np.float32)
+        mask = read_volume(root / row.mask_path).array
         z = _mid(np.moveaxis(image, -1, 0), np.moveaxis(mask, -1, 0))
         img = image[..., z] / max(float(np.percentile(image, 99.5)), 1e-6)
         _overlay(ax, np.clip(img, 0, 1), None)

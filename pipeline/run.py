@@ -22,6 +22,7 @@ from data.types import CaseRef, PreparedCase
 from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
                             unit_done, write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
+from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
@@ -549,6 +550,7 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
 
     log = get_logger()
     run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg))
+    check_patient_count(run)
     threads = limit_threads()
     log.info(f"torch threads: {threads} per process (budget {thread_budget()}: this process's cores / processes "
              f"on this machine; OMP_NUM_THREADS lowers it)")
@@ -590,6 +592,23 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
         if stage == wanted[-1]:
             break
     return run
+
+
+def check_patient_count(run: Run) -> None:
+    """data.split against the patients there are, before any stage draws the phantom or reads an image: the
+    phantom's count is data.phantom_patients, a dataset's comes from listing its folder (no file is opened)."""
+    from data.layouts import list_cases
+    from data.splits import check_split_sizes
+
+    cfg = run.cfg.data
+    if cfg.root:
+        count, where, keys = len({r.patient_id for r in list_cases(run.data_root, cfg.layout)}), str(run.data_root), ()
+    else:
+        count, where, keys = cfg.phantom_patients, "the phantom (data.phantom_patients)", ("data.phantom_patients",)
+    try:
+        check_split_sizes(count, cfg.split, separate_test=bool(cfg.test_root), where=where)
+    except ValueError as exc:
+        raise ConfigError(str(exc), keys=("data.split.n_test", "data.split.n_val", *keys)) from None
 
 
 def distributed_context(cfg: PipelineConfig) -> DistributedContext:

@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.run import STAGES
@@ -27,23 +28,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.logs import setup_logging
+    from pipeline.config import blame, load_config
+    from pipeline.errors import ConfigError
+    from pipeline.lock import HELD_ENV, LOCK_NAME, RunLock
+    from pipeline.logs import get_logger, setup_logging
     from pipeline.run import run_pipeline
 
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = load_config(args.config, profile=args.profile, overrides=overrides)
-    if cfg.launch.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(cfg.launch.nproc_per_node, args.argv)
     stages = None
     if args.stages:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    log = setup_logging(Path(cfg.run_dir), rank=int(os.environ.get("RANK", "0")))
-    log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
-    run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+    rank = int(os.environ.get("RANK", "0"))
+    # One run per run directory: this process holds the lock unless it is one of the torchrun processes that
+    # a holding parent started (HELD_ENV) or, under a torchrun started by hand, not rank 0.
+    held_above = os.environ.get(HELD_ENV) == str(Path(cfg.run_dir) / LOCK_NAME) or rank != 0
+    with RunLock(cfg.run_dir) if not held_above else nullcontext() as lock:
+        notice = lock.notice() if lock is not None else None
+        if cfg.launch.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+            if notice:
+                get_logger().warning(notice)
+            return launch_torchrun(cfg.launch.nproc_per_node, args.argv, lock=lock)
+        log = setup_logging(Path(cfg.run_dir), rank=rank)
+        if notice:
+            log.warning(notice)
+        log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
+        try:
+            run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+        except ConfigError as exc:  # the data disagrees with the config (e.g. too few patients for the split)
+            raise blame(exc, str(args.config), overrides) from None
     report = Path(cfg.run_dir) / "report" / "report.html"
     if report.is_file() and run.ctx.is_main:
         from pipeline.report import headline_table
@@ -53,9 +69,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Start the same command under `torchrun --standalone` with `nproc` processes on this machine."""
+def launch_torchrun(nproc: int, argv: list[str], lock=None) -> int:
+    """Start the same command under `torchrun --standalone` with `nproc` processes on this machine; they run
+    under this process's run-directory `lock` (its fd is not inherited: they are told in the environment)."""
+    from pipeline.lock import HELD_ENV
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "pipeline", *argv]
     print(f"launch.nproc_per_node = {nproc}: {shlex.join(cmd)}", flush=True)
-    return subprocess.call(cmd)
+    env = dict(os.environ, **({HELD_ENV: str(lock.path)} if lock is not None else {}))
+    return subprocess.call(cmd, env=env)

@@ -115,18 +115,20 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: SegmentationConf
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    ckpt = load_torch(path, "segmentation checkpoint")
-    if "model" not in ckpt or "config" not in ckpt:
-        raise DataError(path, "not a cmr-synth segmentation checkpoint (expected keys 'model' and 'config')")
-    return ckpt
+    """A segmentation checkpoint; a generator file or checkpoint, a truncated or foreign file is one DataError
+    saying what it is (a generator's training checkpoint also holds 'model' and 'config')."""
+    return load_torch(path, "segmentation checkpoint", keys=("version", "model", "config", "arm", "step"))
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the network from the checkpoint's own config and load its weights; eval mode."""
     ckpt = read_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(config_from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:  # edited by hand, or another version
+        raise DataError(path, f"segmentation checkpoint whose weights do not fit its own network config "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
     return model.to(device).eval(), ckpt
 
 

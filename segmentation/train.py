@@ -36,8 +36,8 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from data.config import PreprocessConfig
-from data.io import keep_csv_rows
-from data.types import STRUCTURES, PreparedCase
+from data.io import keep_csv_rows, writing
+from data.types import STRUCTURES, ForeignCheckpointError, PreparedCase
 from segmentation.config import SegmentationConfig
 from segmentation.datasets import make_train_stream
 from segmentation.evaluate import one_hot, predict_probabilities
@@ -252,8 +252,9 @@ def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict
     saved, current = ({k: v for k, v in c.items() if k not in RUNTIME_KEYS}
                       for c in (ckpt["config"], dataclasses.asdict(cfg)))
     if saved != current or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
-        raise ValueError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed {ckpt.get('seed')}, "
-                         f"or a different segmentation config); use a fresh output folder or delete it")
+        raise ForeignCheckpointError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed "
+                                     f"{ckpt.get('seed')}, or a different segmentation config); use a fresh output "
+                                     f"folder or delete it")
     return ckpt
 
 
@@ -280,7 +281,8 @@ class _MetricsLog:
         if not enabled:  # ranks other than 0: nothing is written
             return
         keep_csv_rows(path, lambda row: resume_step > 0 and int(row["step"]) <= resume_step, METRICS_COLUMNS)
-        self.fh = open(path, "a", newline="")
+        with writing(path):
+            self.fh = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
         self.tensorboard = None
         try:
@@ -302,14 +304,15 @@ class _MetricsLog:
     def flush(self) -> None:
         if not self.enabled:
             return
-        if self.pending is not None:
-            self.writer.writerow(self.pending)
-            if self.tensorboard is not None:
-                for key, value in self.pending.items():
-                    if key != "step":
-                        self.tensorboard.add_scalar(key, float(value), self.pending["step"])
-            self.pending = None
-        self.fh.flush()
+        with writing(self.path):
+            if self.pending is not None:
+                self.writer.writerow(self.pending)
+                if self.tensorboard is not None:
+                    for key, value in self.pending.items():
+                        if key != "step":
+                            self.tensorboard.add_scalar(key, float(value), self.pending["step"])
+                self.pending = None
+            self.fh.flush()
 
     def close(self) -> None:
         if not self.enabled:

@@ -128,9 +128,10 @@ class Generator(ABC):
 
 
 def read_generator_file(path: Path | str) -> dict[str, Any]:
-    payload = load_torch(path, "generator file")
-    if payload.get("format") != FILE_FORMAT or "generator" not in payload:
-        raise DataError(path, f"not a cmr-synth generator file (format {FILE_FORMAT})")
+    payload = load_torch(path, "generator file", keys=("format", "generator", "config", "state"))
+    if payload["format"] != FILE_FORMAT:
+        raise DataError(path, f"generator file of format {payload['format']!r}; this version reads format "
+                              f"{FILE_FORMAT}")
     return payload
 
 

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.io import inside, umask, write_text, writing
 from data.types import LABELS, CaseRef
 
 FILE_ENDING = ".nii.gz"
@@ -33,6 +34,7 @@ class _Entry:
     case: str
     ref: CaseRef
     needs_rewrite: bool  # not NIfTI-gz, or labels to remap
+    source: Path  # the file the case name was read from (manifest.csv, or the real image)
 
 
 def export_nnunet(synth_dir: Path | str, out_dir: Path | str, dataset_id: int, name: str,
@@ -59,21 +61,24 @@ def export_nnunet(synth_dir: Path | str, out_dir: Path | str, dataset_id: int, n
             raise ValueError(f"case {entry.case} comes from both {seen[entry.case]} and {entry.ref.image_path}; "
                              f"expected distinct case names")
         seen[entry.case] = entry.ref.image_path
+        _targets(entry, dataset_dir)  # every name checked before anything is written
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=out_dir))
-    try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
-        for entry in entries:
-            _write_entry(entry, tmp, label_map, link)
-        _write_dataset_json(tmp, name, n_synthetic, len(entries) - n_synthetic)
-        if dataset_dir.exists():
-            shutil.rmtree(dataset_dir)
-        os.replace(tmp, dataset_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with writing(dataset_dir):  # a full disk or a read-only folder: one line, and no half dataset left
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=out_dir))
+        try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the dataset from the lab group
+            (tmp / "imagesTr").mkdir()
+            (tmp / "labelsTr").mkdir()
+            for entry in entries:
+                _write_entry(entry, tmp, label_map, link)
+            _write_dataset_json(tmp, name, n_synthetic, len(entries) - n_synthetic)
+            if dataset_dir.exists():
+                shutil.rmtree(dataset_dir)
+            os.replace(tmp, dataset_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return dataset_dir
 
 
@@ -94,12 +99,12 @@ def dataset_folder(out_dir: Path | str, dataset_id: int, name: str) -> Path:
 
 
 def _synthetic_entries(synth_dir: Path) -> list[_Entry]:
-    from synthesis.synthesize import read_manifest
+    from synthesis.synthesize import MANIFEST, read_manifest
 
-    manifest = read_manifest(synth_dir)
+    manifest = read_manifest(synth_dir)  # refuses cases and paths that leave synth_dir
     return [_Entry(f"{row.case}_ED", CaseRef(patient_id=row.case, phase="ED", image_path=synth_dir / row.path,
-                                             mask_path=synth_dir / row.mask_path), needs_rewrite=False)
-            for row in manifest.itertuples()]
+                                             mask_path=synth_dir / row.mask_path), needs_rewrite=False,
+                   source=synth_dir / MANIFEST) for row in manifest.itertuples()]
 
 
 def _real_entries(root: Path, label_map: dict[int, int] | None) -> list[_Entry]:
@@ -112,15 +117,21 @@ def _real_entries(root: Path, label_map: dict[int, int] | None) -> list[_Entry]:
             continue
         files.add(ref.image_path)
         plain = all(str(p).endswith(FILE_ENDING) for p in (ref.image_path, ref.mask_path)) and label_map is None
-        entries.append(_Entry(ref.case_id, ref, needs_rewrite=not plain))
+        entries.append(_Entry(ref.case_id, ref, needs_rewrite=not plain, source=ref.image_path))
     if not entries:
         raise ValueError(f"with_real {root}: no case with a mask; expected a labelled dataset")
     return entries
 
 
+def _targets(entry: _Entry, dataset_dir: Path) -> tuple[Path, Path]:
+    """Where an entry's image and label go; a case name that would leave imagesTr/labelsTr is refused."""
+    return tuple(inside(dataset_dir / folder, name, source=entry.source, what="case", flat=True)
+                 for folder, name in (("imagesTr", f"{entry.case}_0000{FILE_ENDING}"),
+                                      ("labelsTr", f"{entry.case}{FILE_ENDING}")))
+
+
 def _write_entry(entry: _Entry, dataset_dir: Path, label_map: dict[int, int] | None, link: bool) -> None:
-    image = dataset_dir / "imagesTr" / f"{entry.case}_0000{FILE_ENDING}"
-    label = dataset_dir / "labelsTr" / f"{entry.case}{FILE_ENDING}"
+    image, label = _targets(entry, dataset_dir)
     if entry.needs_rewrite:
         from data.io import write_nifti
         from data.validate import load_case
@@ -153,4 +164,4 @@ def _write_dataset_json(dataset_dir: Path, name: str, n_synthetic: int, n_real: 
         "numTraining": n_training,
         "file_ending": FILE_ENDING,
     }
-    (dataset_dir / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_text(dataset_dir / "dataset.json", json.dumps(spec, indent=2) + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.io import write_csv, write_nifti, write_text
+from data.io import inside, write_csv, write_nifti, write_text
 from synthesis.masks import MaskDraw
 
 PREFIX = "synth_"
@@ -81,7 +81,8 @@ def synthesize_dataset(generator, mask_draws: Sequence[MaskDraw], out_dir: Path 
 
 
 def read_manifest(synth_dir: Path | str) -> pd.DataFrame:
-    """The manifest of a synthetic dataset, checked against the files it lists."""
+    """The manifest of a synthetic dataset, checked against the files it lists; a case or path that would
+    reach outside `synth_dir` is one DataError naming its line."""
     path = Path(synth_dir) / MANIFEST
     if not path.is_file():
         raise ValueError(f"{path}: no {MANIFEST}; expected a folder written by synthesize_dataset")
@@ -89,6 +90,10 @@ def read_manifest(synth_dir: Path | str) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected {list(MANIFEST_COLUMNS)}")
+    for line, row in enumerate(manifest.itertuples(), start=2):  # every name before any file is touched
+        inside(synth_dir, row.case, source=path, what=f"line {line}: case", flat=True)
+        for column in ("path", "mask_path"):
+            inside(synth_dir, getattr(row, column), source=path, what=f"line {line}: {column}")
     for column in ("path", "mask_path"):
         absent = [p for p in manifest[column] if not (Path(synth_dir) / p).is_file()]
         if absent:

@@ -40,8 +40,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from data.io import keep_csv_rows, load_torch, save_torch
-from data.types import NUM_CLASSES
+from data.io import keep_csv_rows, load_torch, save_torch, writing
+from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
@@ -393,15 +393,16 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"step": step, "seconds": round(seconds, 3), **{k: float(f"{v:.6g}") for k, v in losses.items()}}
-        if self._writer is None:
-            new = not self.path.is_file()
-            self.fields = self.fields or list(row)
-            self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
-            if new:
-                self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
+        with writing(self.path):
+            if self._writer is None:
+                new = not self.path.is_file()
+                self.fields = self.fields or list(row)
+                self._file = self.path.open("a", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
+                if new:
+                    self._writer.writeheader()
+            self._writer.writerow(row)
+            self._file.flush()
         self.rows = (self.rows + [row])[-50:]
 
     def tail_means(self) -> dict[str, float]:
@@ -439,7 +440,8 @@ def load_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerpri
 def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, fingerprint: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    ckpt = load_torch(path, "generator checkpoint (delete it to start over)", map_location="cpu")
+    ckpt = load_torch(path, "generator training checkpoint", map_location="cpu",
+                      keys=("step", "seed", "fingerprint", "generator", "config", "image_shape", "model"))
     problems = []
     if ckpt["generator"] != model.name:
         problems.append(f"generator {ckpt['generator']!r} != {model.name!r}")
@@ -458,7 +460,7 @@ def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, finge
     if ckpt["step"] > model.config.steps:
         problems.append(f"it is at step {ckpt['step']}, beyond steps={model.config.steps}")
     if problems:
-        raise ValueError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
+        raise ForeignCheckpointError(f"{path}: cannot resume this run from the checkpoint: {'; '.join(problems)}. "
                          f"Use another output folder or delete the checkpoint to start over.")
     return ckpt
 

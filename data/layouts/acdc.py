@@ -15,10 +15,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from data.layouts.common import warn_skipped
 from data.types import CaseRef, DataError
 
 # real ACDC patients, and the synthetic volumes this project writes in the same layout
 PATIENT_DIR = re.compile(r"^(patient\d+|synth_[A-Za-z0-9]+_\d+)$")
+LOOKS_LIKE_PATIENT = re.compile(r"^(patient|synth_)", re.IGNORECASE)  # "Patient004 copy": said, then skipped
 SUBFOLDERS = ("training", "testing")  # dataset folder given: training/, or testing/ when it is the only one
 SUFFIXES = (".nii.gz", ".nii")
 PHASES = ("ED", "ES")
@@ -49,7 +51,10 @@ class AcdcLayout:
         if folder is None:
             raise DataError(root, f"not an ACDC folder; expected {self.description}")
         cases: list[CaseRef] = []
-        for patient_dir in sorted(p for p in folder.iterdir() if p.is_dir() and PATIENT_DIR.match(p.name)):
+        folders = sorted(p for p in folder.iterdir() if p.is_dir())
+        warn_skipped(folder, [p.name for p in folders if LOOKS_LIKE_PATIENT.match(p.name)
+                              and not PATIENT_DIR.match(p.name)], "folders", "patientNNN")
+        for patient_dir in (p for p in folders if PATIENT_DIR.match(p.name)):
             try:
                 cases.extend(self._patient_cases(patient_dir))
             except DataError as exc:

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from data.io import NIFTI_SUFFIXES, SITK_SUFFIXES
+from data.io import NIFTI_SUFFIXES, SITK_SUFFIXES, has_suffix
+from data.layouts.common import warn_skipped
 from data.types import CaseRef, DataError
 
 DEFAULT_FILE_ENDING = ".nii.gz"
@@ -49,9 +50,12 @@ class NnunetLayout:
         ending = spec["file_ending"]
         labels_dir = dataset_dir / SPLITS[images_dir.name]
         cases = []
-        for image in sorted(images_dir.iterdir()):
-            if image.name.startswith(".") or not image.name.endswith(ending) or not image.is_file():
-                continue  # macOS "._x.nii.gz" forks ship inside the Decathlon archives
+        files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        warn_skipped(images_dir, [p.name for p in files if not p.name.endswith(ending)
+                                  and has_suffix(p, NIFTI_SUFFIXES + SITK_SUFFIXES)], "files", f"CASE_0000{ending}")
+        for image in files:
+            if not image.name.endswith(ending):
+                continue  # (dot files are skipped above: macOS "._x.nii.gz" forks ship inside the Decathlon archives)
             try:
                 case = _case_name(image, ending, spec["channel_suffix"])
             except DataError as exc:

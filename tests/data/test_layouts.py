@@ -267,3 +267,17 @@ def test_mnms_label_order_end_to_end(tmp_path):
     assert not np.array_equal(unmapped.array, expected.array)
     lv = expected.array == 3
     assert (nib.load(str(mnms_case.mask_path)).get_fdata()[lv] == 1).all()
+
+
+def test_skipped_entries_that_look_like_cases_are_warned_about(tmp_path):
+    from data.types import DataWarning
+
+    root = write_acdc(tmp_path / "acdc", n_patients=1)
+    (root / "training" / "Patient004 copy").mkdir()
+    with pytest.warns(DataWarning, match=r"skipped 1 folders .* named patientNNN: 'Patient004 copy'"):
+        assert len(list_cases(root)) == 2
+    nnunet = write_nnunet(tmp_path / "nn", {"a_ED": (1, 2, 3)})
+    save(nnunet / "imagesTr" / "b_ED_0000.nii", np.ones((4, 4, 4), np.float32))  # not the dataset's .nii.gz
+    (nnunet / "imagesTr" / "README.txt").write_text("not an image: no word about it")
+    with pytest.warns(DataWarning, match=r"skipped 1 files .* named CASE_0000.nii.gz: 'b_ED_0000.nii'$"):
+        assert [c.case_id for c in list_cases(nnunet)] == ["a_ED"]

@@ -56,9 +56,12 @@ def test_separate_test_root():
 
 
 def test_too_few_patients_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"n_test=20 \+ n_val=10.*only 25"):
+    with pytest.raises(ValueError, match=r"^data.split.n_test = 20 test \+ data.split.n_val = 10 validation \+ 1 "
+                                         r"training patient need 31 patients, but only 25 were found; lower "
+                                         r"data.split.n_test or data.split.n_val$"):
         make_split(IDS[:25], SplitConfig(n_test=20, n_val=10))
-    with pytest.raises(ValueError, match=r"n_val=3.*only 3"):
+    with pytest.raises(ValueError, match=r"^data.split.n_val = 3 validation .*only 3 were found; lower "
+                                         r"data.split.n_val$"):
         make_split(IDS[:3], SplitConfig(n_val=3), test_patient_ids=["t1"])
 
 

@@ -91,7 +91,7 @@ def test_4d_image_is_refused_but_trailing_singleton_is_squeezed(tmp_path):
         load_case(ref)
     assert str(ref.image_path) in str(info.value)
 
-    ref = make_case(tmp_path, image=np.ones((24, 24, 4, 1), np.float32), mask=heart_mask()[..., None])
+    ref = make_case(tmp_path, image=(1.0 + heart_mask()[..., None]).astype(np.float32), mask=heart_mask()[..., None])
     image, mask = load_case(ref)
     assert image.shape == mask.shape == (24, 24, 4)
 
@@ -126,7 +126,7 @@ def test_empty_mask_is_an_error_for_training_and_a_warning_for_test(tmp_path):
 def test_empty_slices_warn_once_per_case(tmp_path):
     mask = heart_mask(shape=(24, 24, 6))
     mask[..., [0, 5]] = 0  # beyond base and apex
-    ref = make_case(tmp_path, image=np.ones((24, 24, 6), np.float32), mask=mask)
+    ref = make_case(tmp_path, image=(1 + mask).astype(np.float32), mask=mask)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         load_case(ref)
@@ -245,3 +245,33 @@ def test_cli_exit_code(tmp_path, capsys):
     assert "3 errors" in capsys.readouterr().out
     assert main(["validate-data", str(tmp_path / "good"), "--label-map", "1:3,2:2,3:1"]) == 0
     assert main(["validate-data", str(tmp_path / "missing")]) != 0
+
+
+def test_a_constant_image_warns_and_is_an_error_for_training(tmp_path):
+    """Issue 17: an all-zero image used to pass validation and train silently."""
+    ref = make_case(tmp_path, image=np.zeros((24, 24, 4), np.float32))
+    with pytest.raises(DataError, match=r"no contrast inside the mask \(every labelled voxel is 0\)") as info:
+        load_case(ref, role="train")
+    assert info.value.path == ref.image_path
+    with pytest.warns(DataWarning, match=r"image is constant \(0 everywhere\)"):
+        load_case(ref, role="test")
+    with pytest.warns(DataWarning, match="image is constant"):
+        load_case(CaseRef("p1", "ED", ref.image_path, None), require_mask=False, role="test")
+
+
+def test_an_image_without_contrast_in_the_heart_is_a_training_error(tmp_path):
+    image = (100 + 50 * (heart_mask() > 0)).astype(np.float32)  # the torso varies, the heart is one value
+    with pytest.raises(DataError, match="no contrast inside the mask"):
+        load_case(make_case(tmp_path, image=image), role="train")
+
+
+def test_folders_that_look_like_patients_but_do_not_fit_are_listed(tmp_path):
+    root = write_acdc(tmp_path / "acdc", n_patients=2)
+    (root / "training" / "Patient001 copy").mkdir()
+    (root / "training" / "patient002_old").mkdir()
+    (root / "training" / "notes").mkdir()  # not patient-like: not worth a word
+    report = validate_dataset(root)
+    assert report.skipped == [f"{root / 'training'}: skipped 2 folders that look like cases but are not named "
+                              f"patientNNN: 'Patient001 copy', 'patient002_old'"]
+    assert "warnings:\n  " + report.skipped[0] in report.format_table()
+    assert report.ok and len(report.frame) == 4

@@ -78,3 +78,26 @@ def test_cli_reports_config_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown key segmentation.stepz" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("payload, overrides, expected", [
+    ({}, ["data.label_map={1: 7}"], "--set data.label_map={1: 7}: data.label_map[1] = 7: expected an internal "
+                                    "label, one of 0 (background), 1 (RV), 2 (MYO), 3 (LV)"),
+    ({"data": {"label_map": {1: 7}}}, [], "cfg.yaml: data.label_map[1] = 7: expected an internal label"),
+    ({"data": {"label_map": {300: 1}}}, [], "cfg.yaml: data.label_map key 300: expected a file label value"),
+    ({}, ["data.extra_test_sets=[{name: b, label_map: {2: 9}}]"],
+     "--set data.extra_test_sets=[{name: b, label_map: {2: 9}}]: data.extra_test_sets[0].label_map[2] = 9"),
+    ({}, ["segmentation.steps=-1"], "--set segmentation.steps=-1: segmentation.steps = -1 is too small"),
+    ({}, ["segmentation.stepz=1"], "--set segmentation.stepz=1: unknown key segmentation.stepz"),
+    ({}, ["segmentation={steps: x}"], "--set segmentation={steps: x}: segmentation.steps = 'x'"),
+    ({"segmentation": {"steps": -1}}, ["segmentation.lr=0.1"], "cfg.yaml: segmentation.steps = -1"),
+    ({}, ["segmentation.strides=[2]"], "--set segmentation.strides=[2]: segmentation.strides needs one value fewer"),
+    ({}, ["experiment.generators=[gmm, stylegan]"],
+     "--set experiment.generators=[gmm, stylegan]: experiment.generators[1] = 'stylegan' is not a generator"),
+])
+def test_an_error_names_the_set_argument_or_the_file_that_gave_the_key(tmp_path, payload, overrides, expected):
+    """Issue 17: a bad --set used to be reported as an error of pipeline.yaml."""
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, payload), overrides=overrides)
+    message = str(info.value)
+    assert message.startswith(expected.replace("cfg.yaml", str(tmp_path / "cfg.yaml"))), message

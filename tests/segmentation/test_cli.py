@@ -76,3 +76,51 @@ def test_segment_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["segment", "--checkpoint", str(tmp_path / "missing.pt"), "--input", str(ref.image_path),
                  "--output", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _wrong_files(folder) -> dict[str, tuple]:
+    """Files a user might pass as --checkpoint by mistake, with what the error should call them."""
+    import shutil
+
+    from segmentation.model import build_model
+    from synthesis.base import build_generator
+    from tests.synthesis.test_generators import tiny_config as generator_config, toy_pairs
+
+    folder.mkdir()
+    masks, images = toy_pairs(n=4)
+    gmm = build_generator("gmm", generator_config("gmm"))
+    gmm.fit(masks, images, folder / "gmm")
+    cvae = build_generator("cvae", generator_config("cvae", steps=1, checkpoint_every=1, sample_every=1))
+    cvae.fit(masks, images, folder / "cvae")
+    cfg = tiny_config()
+    segmentation = save_checkpoint(folder / "seg.pt", model=build_model(cfg), cfg=cfg, step=1).read_bytes()
+    (folder / "truncated.pt").write_bytes(segmentation[: len(segmentation) // 2])
+    torch.save(build_model(cfg).state_dict(), folder / "state_dict.pt")
+    torch.save(torch.nn.Linear(2, 2), folder / "module.pt")
+    image, _ = heart_volume((8, 8, 2))
+    shutil.copy(write_case(folder, "img_ED", image, None, _affine()).image_path, folder / "image.pt")
+    return {
+        "generator file": (gmm.save(folder / "generator.pt"), r"a 'gmm' generator file"),
+        "generator training checkpoint": (folder / "cvae" / "checkpoint.pt",
+                                          r"a 'cvae' generator's training checkpoint"),
+        "truncated": (folder / "truncated.pt", r"a truncated or corrupt torch file \("),
+        "foreign state dict": (folder / "state_dict.pt", r"a torch file with keys \['model\.0\..*not one cmr-synth"),
+        "pickled module": (folder / "module.pt", r"a torch file holding Python objects"),
+        "nifti": (folder / "image.pt", r"gzip data such as a \.nii\.gz image"),
+    }
+
+
+def test_a_file_that_is_not_a_segmentation_checkpoint_is_named_in_one_line(tmp_path, capsys):
+    """Issue 17: a generator's checkpoint.pt used to crash with 'segmentation.strides: expected 2 values'."""
+    import re
+
+    image, _ = heart_volume((20, 20, 3))
+    ref = write_case(tmp_path / "in", "y_ED", image, None, _affine())
+    for name, (path, kind) in _wrong_files(tmp_path / "wrong").items():
+        rc = main(["segment", "--checkpoint", str(path), "--input", str(ref.image_path),
+                   "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, name
+        assert re.fullmatch(rf"error: not a cmr-synth segmentation checkpoint: {re.escape(str(path))} "
+                            rf"\(it is {kind}.*\)", err), (name, err)
+    assert not (tmp_path / "out").exists()

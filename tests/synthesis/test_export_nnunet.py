@@ -129,3 +129,40 @@ def test_cli_export(synth_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "raw" / "Dataset005_Cli" / "dataset.json").read_text())["numTraining"] == 5
     with pytest.raises(SystemExit, match="dataset_id"):
         main(["export-nnunet", str(synth_dir), str(tmp_path / "raw"), "--dataset-id", "0", "--name", "Cli"])
+
+
+def tampered_copy(synth_dir: Path, tmp_path: Path, column: str, value: str, row: int = 1) -> Path:
+    """A copy of the synthetic folder whose manifest.csv holds `value` in `column` of data row `row`."""
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / "nested" / "deeper" / "synth"
+    shutil.copytree(synth_dir, copy)
+    manifest = pd.read_csv(copy / "manifest.csv", keep_default_na=False)
+    manifest.loc[row, column] = value
+    manifest.to_csv(copy / "manifest.csv", index=False)
+    return copy
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("column, value", [
+    ("case", "../../../ESCAPED"), ("case", "/tmp/cmr_synth_ESCAPED"), ("case", "sub/dir"), ("case", ".."),
+    ("path", "../../outside.nii.gz"), ("mask_path", "/etc/hostname"),
+])
+def test_a_manifest_name_leaving_its_folder_is_refused_with_nothing_written(synth_dir, tmp_path, column, value):
+    """Issue 17: a crafted manifest.csv must neither write nor read outside its folders."""
+    from data.types import DataError
+
+    synth = tampered_copy(synth_dir, tmp_path, column, value)
+    before = tree(tmp_path)
+    with pytest.raises(DataError) as info:
+        export_nnunet(synth, tmp_path / "nested" / "raw", 14, "Escape")
+    message = str(info.value)
+    assert str(synth / "manifest.csv") in message and "line 3" in message and repr(value) in message
+    assert "\n" not in message
+    assert tree(tmp_path) == before  # not even the output folder
+    assert not Path("/tmp/cmr_synth_ESCAPED_ED_0000.nii.gz").exists()
