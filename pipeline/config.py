@@ -48,8 +48,8 @@ class ExperimentConfig:
     bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})
     plateau_window: int = field(default=3, metadata={
         "min": 1, "max": 100,
-        "help": "a segmenter counts as converged when its last this-many validations add less than "
-                "plateau_min_delta to the best validation Dice before them (fewer validations: not converged)"})
+        "help": "a segmenter counts as converged when its last this-many validations are on average less than "
+                "plateau_min_delta above the best validation Dice before them (fewer validations: not converged)"})
     plateau_min_delta: float = field(default=0.01, metadata={
         "min": 0.0, "max": 1.0, "help": "validation Dice gain below which the curve counts as flat"})
     real_dice_floor: float = field(default=0.5, metadata={

@@ -221,20 +221,22 @@ class Convergence:
 
     final_val_dice: float  # at the last validation
     best_val_dice: float
-    recent_gain: float  # best of the last `window` validations minus the best of all before them (nan: too few)
+    recent_gain: float  # mean of the last `window` validations minus the best of all before them (nan: too few)
     converged: bool  # recent_gain < min_delta: the curve had flattened; False when there are too few points
 
 
 def convergence(val_dice: Sequence[float], window: int = 3, min_delta: float = 0.01) -> Convergence:
-    """A plateau test on the validation curve: converged when the last `window` validations add less than
-    `min_delta` Dice to the best one before them. Fewer than `window + 1` validations cannot show a plateau,
-    so they count as not converged (a run of a few validations is what an undertrained quick run looks like)."""
+    """A plateau test on the validation curve: converged when the last `window` validations, on average, are
+    less than `min_delta` Dice above the best one before them. The mean (not the best) of the recent window keeps
+    one noisy checkpoint (a few validation patients) from reading as progress, while a curve that still climbs
+    fails. Fewer than `window + 1` validations cannot show a plateau, so they count as not converged (a run of
+    a few validations is what an undertrained quick run looks like)."""
     curve = np.asarray([v for v in val_dice if np.isfinite(v)], dtype=float)
     if len(curve) == 0:
         return Convergence(float("nan"), float("nan"), float("nan"), False)
     if len(curve) <= window:
         return Convergence(float(curve[-1]), float(curve.max()), float("nan"), False)
-    gain = float(curve[-window:].max() - curve[:-window].max())
+    gain = float(curve[-window:].mean() - curve[:-window].max())
     return Convergence(float(curve[-1]), float(curve.max()), gain, gain < min_delta)
 
 
