@@ -104,6 +104,11 @@ def write_report(run: "Run") -> dict[str, Path]:
     sentences = headline(comparison) if len(comparison) else ["Only the real arm was run: nothing to compare."]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
     doc.md.extend(f"> {s}\n" for s in sentences)
+    if not run.cfg.data.root:
+        doc.para("These results are on the embedded phantom, generated for this run: they demonstrate the pipeline "
+                 "and say nothing about whether synthetic data helps on real patients. That answer has to come from "
+                 "a real dataset (e.g. configs/acdc_lowdata.yaml), compared with the strongest augmentation-only arm "
+                 "and replicated over draws of training patients.")
 
     doc.heading("Data")
     split = run.split
