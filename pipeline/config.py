@@ -33,6 +33,12 @@ class ExperimentConfig:
         "min_exclusive": 0.0, "max": 1.0, "help": "real-data fractions of the training patients (nested subsets)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "min_len": 1, "help": "segmenter seeds; every arm x fraction is trained once per seed"})
+    draws: int = field(default=1, metadata={
+        "min": 1, "max": 100,
+        "help": "draws of the training patients per fraction: the whole study (generators, segmenters, "
+                "evaluation) is repeated on each; draw 0 is the nested subset, later draws are disjoint from "
+                "the earlier ones where the training patients allow, else independent seeded draws (prepare/"
+                "splits.json says which)"})
     arms: list[str] = field(default_factory=lambda: ["real", "real+synthetic"], metadata={
         "choices": list(ARMS), "min_len": 1, "help": "training arms; real+synthetic/synthetic run once per generator"})
     generators: list[str] = field(default_factory=lambda: ["spade", "gmm"], metadata={

@@ -30,6 +30,10 @@ from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, he
 if TYPE_CHECKING:
     from pipeline.run import Run
 
+DRAW_MODES = {"disjoint": "pairwise disjoint (no patient in two draws)",
+              "independent": "independent seeded draws (too few training patients for disjoint ones: draws may "
+                             "share patients)",
+              "all": "every training patient (one draw)"}
 MASK_COLOURS = {1: (0.2, 0.6, 1.0), 2: (0.2, 0.9, 0.3), 3: (1.0, 0.3, 0.3)}  # RV blue, MYO green, LV red
 
 
@@ -110,6 +114,11 @@ def write_report(run: "Run") -> dict[str, Path]:
     doc.table(pd.DataFrame([{"split": k, "patients": len(split[k])} for k in ("train", "val", "test")]
                            + [{"split": f"train, fraction {f}", "patients": len(v)}
                               for f, v in split["fractions"].items()]))
+    for fraction, draws in split.get("draws", {}).items():
+        doc.para(f"Fraction {fraction}: {len(draws['patients'])} draws of the training patients, "
+                 + DRAW_MODES[draws["mode"]] + "; generators and segmenters of a draw train on its patients only "
+                 "(prepare/splits.json): " + "; ".join(f"draw {k}: {', '.join(p)}"
+                                                       for k, p in enumerate(draws["patients"])) + ".")
     source = run.cfg.data.root or f"embedded phantom ({run.cfg.data.phantom_patients} patients, seed "\
                                    f"{run.cfg.data.phantom_seed})"
     doc.para(f"Source: {source}. Test set: {run.cfg.data.test_root or 'held-out patients of the same root'}.")
@@ -224,8 +233,10 @@ def headline_table(run: "Run") -> str:
     seeds = read_table(ev / "seeds.csv")
     comparison = read_table(ev / "statistics.csv")
     lines = ["fraction  condition                      mean Dice (sd over seeds)  converged"]
-    for row in with_conditions(seeds).itertuples():
+    seeds = with_conditions(seeds)
+    for row in seeds.itertuples():
         label = condition_label(row.arm, row.generator, row.augmentation)
+        label += f", draw {row.draw}" if seeds["draw"].nunique() > 1 else ""
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
     return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
@@ -331,6 +342,8 @@ def _results_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> 
     if summary.empty:
         return summary
     seeds = with_conditions(seeds) if seeds is not None and len(seeds) else None
+    if seeds is not None and "n_converged" in seeds:  # every draw's segmenters of a condition together
+        seeds = seeds.groupby(CONDITION, as_index=False)[["n_converged", "n_seeds"]].sum()
     trained = {(float(r.fraction), r.arm, r.generator, r.augmentation): convergence_note(r)
                for r in seeds.itertuples()} if seeds is not None and "n_converged" in seeds else {}
     wanted = [("dice", s) for s in (*STRUCTURES, "mean")] + [("hd95", s) for s in STRUCTURES] + \

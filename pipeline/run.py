@@ -46,16 +46,29 @@ class Segmenter:
     generator: str  # "" for the real arm; "a+b" for a mixture (experiment.mixtures)
     seed: int
     augmentation: str = "standard"  # segmentation.augmentation this segmenter trains with
+    draw: int = 0  # which draw of the fraction's training patients (experiment.draws)
 
     @property
     def name(self) -> str:
         arm = self.arm.replace("+", "_plus_")
         aug = "" if self.augmentation == "standard" else f"_aug-{self.augmentation}"  # standard: the old names
-        return f"f{self.fraction:g}/{arm}{'-' + self.generator if self.generator else ''}{aug}/seed{self.seed}"
+        return f"{subset_dir(self.fraction, self.draw)}/{arm}{'-' + self.generator if self.generator else ''}" \
+               f"{aug}/seed{self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        """What a unit key holds of this segmenter: not the draw, whose patients are in the key themselves, so
+        draw 0 keeps the keys of a run from before draws existed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "draw"}
 
     def config(self, cfg: SegmentationConfig) -> SegmentationConfig:
         """The segmentation settings this segmenter trains with."""
         return dataclasses.replace(cfg, augmentation=self.augmentation)
+
+
+def subset_dir(fraction: float, draw: int = 0) -> str:
+    """The folder of one training subset's units: `f0.1` for draw 0 (the names of a run without draws),
+    `f0.1/d2` for draw 2."""
+    return f"f{fraction:g}" + (f"/d{draw}" if draw else "")
 
 
 @dataclass
@@ -152,10 +165,21 @@ class Run:
         wanted = set(patients)
         return [c for c in self.cases.values() if c.patient_id in wanted]
 
-    def fraction_patients(self, fraction: float) -> list[str]:
+    def fraction_patients(self, fraction: float, draw: int = 0) -> list[str]:
+        """The training patients of draw `draw` of `fraction` (draw 0: the nested subset)."""
         from data.splits import fraction_key
 
-        return self.split["fractions"][fraction_key(fraction)]
+        if draw == 0:
+            return self.split["fractions"][fraction_key(fraction)]
+        return self.split["draws"][fraction_key(fraction)]["patients"][draw]
+
+    def subsets(self) -> list[tuple[float, int]]:
+        """(fraction, draw) of every training subset the study is repeated on, in order."""
+        from data.splits import fraction_key
+
+        draws = self.split.get("draws", {})
+        return [(fraction, draw) for fraction in self.cfg.experiment.fractions
+                for draw in range(len(draws[fraction_key(fraction)]["patients"]) if draws else 1)]
 
     @property
     def augmentations(self) -> list[str]:
@@ -165,11 +189,12 @@ class Run:
     def segmenters(self) -> list[Segmenter]:
         exp = self.cfg.experiment
         runs = []
-        for fraction in exp.fractions:
+        for fraction, draw in self.subsets():
             for augmentation in self.augmentations:
                 for arm in exp.arms:
                     for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
-                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation) for seed in exp.seeds)
+                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw)
+                                    for seed in exp.seeds)
         return runs
 
     def augmentation_only(self) -> frozenset[str]:
@@ -207,7 +232,7 @@ def prepare(run: Run) -> dict[str, Any]:
                     f"split")
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
-                       fractions=cfg.experiment.fractions, linked=linked)
+                       fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws)
     write_split(stage_dir / "splits.json", split)
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
@@ -248,8 +273,9 @@ def train_generator(run: Run) -> dict[str, Any]:
     from synthesis.train import LearnedGenerator
 
     results = {}
-    for fraction in run.cfg.experiment.fractions:
-        cases = run.patient_cases(run.fraction_patients(fraction))
+    for fraction, draw in run.subsets():
+        patients = run.fraction_patients(fraction, draw)  # this draw's patients only
+        cases = run.patient_cases(patients)
         masks = np.concatenate([c.mask for c in cases])
         images = np.concatenate([c.image for c in cases])
         for name in run.cfg.experiment.generators:
@@ -263,9 +289,8 @@ def train_generator(run: Run) -> dict[str, Any]:
                     generator.save(unit_dir / "generator.pt")
                 return dict(figures or {}, slices=int(len(masks)))
 
-            unit = f"f{fraction:g}/{name}"
-            key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, result_settings(gen_cfg),
-                              run.cfg.synthesis.seed)
+            unit = f"{subset_dir(fraction, draw)}/{name}"
+            key = stable_hash(run.keys["data"], patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
             learned = issubclass(REGISTRY[name], LearnedGenerator)
             results[unit] = {"key": key, **run.unit(run.stage_dir("train_generator") / unit, key, work,
@@ -281,19 +306,19 @@ def synthesize(run: Run) -> dict[str, Any]:
     scfg = run.cfg.synthesis
     generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
     results = {}
-    for fraction in run.cfg.experiment.fractions:
-        cases = run.patient_cases(run.fraction_patients(fraction))
+    for fraction, draw in run.subsets():
+        cases = run.patient_cases(run.fraction_patients(fraction, draw))
         for name in run.cfg.experiment.generators:
-            unit = f"f{fraction:g}/{name}"
+            unit = f"{subset_dir(fraction, draw)}/{name}"
             gen_unit = generated[unit]
 
-            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction) -> dict[str, Any]:
+            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction, draw=draw) -> dict[str, Any]:
                 generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
                 draws, rejects = draw_masks(scfg.masks.source_mix, cases, scfg.n_volumes, seed=scfg.seed,
                                             cfg=scfg.masks)
                 manifest = synthesize_dataset(generator, draws, unit_dir / "cases", seed=scfg.seed,
                                               generator_name=name)
-                synthetic_cases(run, fraction, name)  # preprocess once here, so the segmenters only read
+                synthetic_cases(run, fraction, name, draw)  # preprocess once here, so the segmenters only read
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
             key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, to_dict(scfg.masks))
@@ -301,7 +326,7 @@ def synthesize(run: Run) -> dict[str, Any]:
     return results
 
 
-def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedCase]:
+def synthetic_cases(run: Run, fraction: float, generator: str, draw: int = 0) -> list[PreparedCase]:
     """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit); for a
     mixture 'a+b', the volumes of every part (their case names start with `synth_<generator>_`, so they never
     collide)."""
@@ -309,8 +334,8 @@ def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedC
     from data.layouts import list_cases
 
     if "+" in generator:
-        return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part)]
-    root = run.stage_dir("synthesize") / f"f{fraction:g}" / generator / "cases"
+        return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part, draw)]
+    root = run.stage_dir("synthesize") / subset_dir(fraction, draw) / generator / "cases"
     return prepare_cases(list_cases(root, "acdc"), run.cfg.data.preprocess, root.parent / "cache")
 
 
@@ -318,7 +343,7 @@ def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
     """The key of the synthetic data a segmenter trains on: its synthesize unit's, or all of a mixture's parts'."""
     if not seg.generator:
         return None
-    keys = [synthesized[f"f{seg.fraction:g}/{part}"]["key"] for part in seg.generator.split("+")]
+    keys = [synthesized[f"{subset_dir(seg.fraction, seg.draw)}/{part}"]["key"] for part in seg.generator.split("+")]
     return keys[0] if len(keys) == 1 else stable_hash(*keys)
 
 
@@ -330,11 +355,11 @@ def train_segmenters(run: Run) -> dict[str, Any]:
     val_cases = run.patient_cases(run.split["val"])
     results = {}
     for seg in run.segmenters():
-        real_cases = run.patient_cases(run.fraction_patients(seg.fraction))
+        real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
         synth_key = synthetic_key(synth, seg)
 
         def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
-            synthetic = synthetic_cases(run, seg.fraction, seg.generator) if seg.generator else None
+            synthetic = synthetic_cases(run, seg.fraction, seg.generator, seg.draw) if seg.generator else None
             result = train_segmenter(seg.arm, real_cases, val_cases, seg.config(run.cfg.segmentation), unit_dir,
                                      synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
                                      dist=run.train_context())
@@ -343,8 +368,8 @@ def train_segmenters(run: Run) -> dict[str, Any]:
         settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
             settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
-        key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
-                          dataclasses.asdict(seg), settings, synth_key)
+        key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
+                          seg.identity(), settings, synth_key)
         get_logger().info(f"train_segmenters {seg.name}")
         results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
     return results
@@ -382,10 +407,10 @@ def evaluate(run: Run) -> dict[str, Any]:
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
         key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
-                          run.keys["prepare"])
+                          run.keys["data"])
         run.unit(stage_dir / seg.name, key, work)
         for name, found in frames.items():
-            found.append(read_table(stage_dir / seg.name / name))
+            found.append(with_draw(read_table(stage_dir / seg.name / name), seg.draw))
     status = segmenter_status(run)
     per_case = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
     exp = run.cfg.experiment
@@ -401,7 +426,15 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
 
 
-STATUS_KEYS = ["fraction", "arm", "generator", "augmentation", "seed"]
+STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "seed"]
+
+
+def with_draw(frame: pd.DataFrame, draw: int) -> pd.DataFrame:
+    """A unit's table with its draw as a column after `fraction`: added when tables are gathered, so a unit's
+    own files (and a cached unit of a run from before draws existed) stay as they are."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("fraction") + 1 if "fraction" in frame else 0, "draw", int(draw))
+    return frame
 
 
 def segmenter_status(run: Run) -> pd.DataFrame:
@@ -413,8 +446,9 @@ def segmenter_status(run: Run) -> pd.DataFrame:
     for seg in run.segmenters():
         state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
                                  exp.plateau_window, exp.plateau_min_delta)
-        rows.append({"fraction": float(seg.fraction), "arm": seg.arm, "generator": seg.generator,
-                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged, "final_val_dice": state.final_val_dice,
+        rows.append({"fraction": float(seg.fraction), "draw": int(seg.draw), "arm": seg.arm, "generator": seg.generator,
+                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged,
+                     "final_val_dice": state.final_val_dice,
                      "best_val_dice": state.best_val_dice, "val_dice_recent_gain": state.recent_gain})
     return pd.DataFrame(rows, columns=STATUS_KEYS + ["converged", "final_val_dice", "best_val_dice",
                                                      "val_dice_recent_gain"])
@@ -426,6 +460,7 @@ def with_status(per_case: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
         return per_case
     frame = with_conditions(per_case).assign(fraction=per_case["fraction"].astype(float),
                                              seed=per_case["seed"].astype(int))
+    frame["draw"] = frame["draw"].astype(int)
     return frame.merge(status, on=STATUS_KEYS, how="left", validate="many_to_one")
 
 
@@ -443,13 +478,14 @@ def quality(run: Run) -> dict[str, Any]:
     generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
     val_cases = run.patient_cases(run.split["val"])
     frames = []
-    for fraction in run.cfg.experiment.fractions:
-        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0])
-        units = {name: f"f{fraction:g}/{name}" for name in run.cfg.experiment.generators}
+    for fraction, draw in run.subsets():
+        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0], draw)
+        folder = subset_dir(fraction, draw)
+        units = {name: f"{folder}/{name}" for name in run.cfg.experiment.generators}
 
         def work(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:
             model, _ = load_model(run.stage_dir("train_segmenters") / judge.name / "best.pt")
-            train_cases = run.patient_cases(run.fraction_patients(fraction))
+            train_cases = run.patient_cases(run.fraction_patients(fraction, judge.draw))
             reference = build_reference(model, val_cases, train_cases, qcfg)
             rows = [reference_row(reference).row]
             for name, unit in units.items():
@@ -471,11 +507,11 @@ def quality(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], to_dict(qcfg))
-        result = run.unit(stage_dir / f"f{fraction:g}", key, work)
+        result = run.unit(stage_dir / folder, key, work)
         for name in result.get("flagged", []):
-            get_logger().warning(f"quality: generator {name!r} at fraction {fraction:g} is flagged as memorising "
-                                 f"its training images (see quality/quality.csv)")
-        frames.append(read_table(stage_dir / f"f{fraction:g}" / "quality.csv"))
+            get_logger().warning(f"quality: generator {name!r} at {folder} is flagged as memorising its training "
+                                 f"images (see quality/quality.csv)")
+        frames.append(with_draw(read_table(stage_dir / folder / "quality.csv"), draw))
     table = pd.concat(frames, ignore_index=True)
     write_csv(table, stage_dir / "quality.csv")
     return {"rows": int(len(table))}
@@ -514,8 +550,10 @@ UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("trai
 
 
 def stage_key(run: Run, stage: str) -> str:
-    if stage == "prepare":
-        return prepare_key(run)
+    if stage == "prepare":  # the draws are drawn by prepare but enter no unit key (each unit holds its patients)
+        run.keys["data"] = prepare_key(run)
+        draws = run.cfg.experiment.draws
+        return run.keys["data"] if draws == 1 else stable_hash(run.keys["data"], {"draws": draws})
     return stable_hash(stage, stage_config(run, stage), upstream_keys(run, stage))
 
 

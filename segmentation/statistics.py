@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 CONDITION = ["fraction", "arm", "generator", "augmentation"]
+RUN = ["draw", "seed"]  # one segmenter of a condition: its draw of training patients and its seed
 STANDARD = "standard"  # the augmentation a run without the `augmentation` column used
 
 
@@ -29,8 +30,9 @@ def condition_label(arm: str, generator: str | None, augmentation: str | None = 
 
 def with_conditions(per_case: pd.DataFrame) -> pd.DataFrame:
     """`per_case` with every CONDITION column filled ('' generator for the real arm, standard augmentation for
-    tables written before augmentation settings existed)."""
+    tables written before augmentation settings existed) and its `draw` (0 for tables from before draws)."""
     frame = per_case.copy()
+    frame["draw"] = frame["draw"].fillna(0).astype(int) if "draw" in frame else 0
     frame["generator"] = frame["generator"].fillna("").astype(str) if "generator" in frame else ""
     frame["augmentation"] = frame["augmentation"].fillna(STANDARD).astype(str) if "augmentation" in frame \
         else STANDARD
@@ -85,8 +87,8 @@ def _has_validation(frame: pd.DataFrame) -> bool:
 
 
 def _validation_score(rows: pd.DataFrame) -> float:
-    """Mean over seeds of a condition's best validation Dice (one value per segmenter)."""
-    return float(rows.groupby("seed")["best_val_dice"].first().mean())
+    """Mean over draws and seeds of a condition's best validation Dice (one value per segmenter)."""
+    return float(rows.groupby(RUN)["best_val_dice"].first().mean())
 
 
 def paired_difference(other: pd.DataFrame, reference: pd.DataFrame, metric: str = "dice_mean", *,
@@ -96,7 +98,8 @@ def paired_difference(other: pd.DataFrame, reference: pd.DataFrame, metric: str 
     by_patient = other.groupby("patient")[metric].mean()
     patients = ref_by_patient.index.intersection(by_patient.index)
     diff = (by_patient[patients] - ref_by_patient[patients]).to_numpy()
-    ref_by_seed, by_seed = reference.groupby("seed")[metric].mean(), other.groupby("seed")[metric].mean()
+    reference, other = with_conditions(reference), with_conditions(other)
+    ref_by_seed, by_seed = reference.groupby(RUN)[metric].mean(), other.groupby(RUN)[metric].mean()
     seeds = ref_by_seed.index.intersection(by_seed.index)
     seed_diff = (by_seed[seeds] - ref_by_seed[seeds]).to_numpy()
     low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
@@ -150,19 +153,19 @@ def ttest_p(diff: np.ndarray) -> float:
 
 
 def seed_table(per_case: pd.DataFrame, metric: str = "dice_mean") -> pd.DataFrame:
-    """Mean over patients per condition and seed, then mean ± sd over seeds."""
+    """Mean over patients per condition, draw and seed, then mean ± sd over the seeds of each draw."""
     frame = with_conditions(per_case)
-    per_seed = frame.groupby(CONDITION + ["seed"])[metric].mean().reset_index()
-    out = per_seed.groupby(CONDITION)[metric].agg(["mean", "std", "count"]).reset_index()
+    per_seed = frame.groupby(CONDITION + RUN)[metric].mean().reset_index()
+    out = per_seed.groupby(CONDITION + ["draw"])[metric].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
-    if "converged" in frame:  # per segmenter (condition x seed): how many of the seeds had converged
-        status = frame.groupby(CONDITION + ["seed"]).agg(converged=("converged", "all"),
-                                                         final_val_dice=("final_val_dice", "first"),
-                                                         best_val_dice=("best_val_dice", "first"))
-        counts = status.groupby(CONDITION).agg(n_converged=("converged", "sum"),
-                                               final_val_dice_mean=("final_val_dice", "mean"),
-                                               best_val_dice_mean=("best_val_dice", "mean")).reset_index()
-        out = out.merge(counts, on=CONDITION, how="left")
+    if "converged" in frame:  # per segmenter (condition x draw x seed): how many of the seeds had converged
+        status = frame.groupby(CONDITION + RUN).agg(converged=("converged", "all"),
+                                                    final_val_dice=("final_val_dice", "first"),
+                                                    best_val_dice=("best_val_dice", "first"))
+        counts = status.groupby(CONDITION + ["draw"]).agg(
+            n_converged=("converged", "sum"), final_val_dice_mean=("final_val_dice", "mean"),
+            best_val_dice_mean=("best_val_dice", "mean")).reset_index()
+        out = out.merge(counts, on=CONDITION + ["draw"], how="left")
         out["n_converged"] = out["n_converged"].astype(int)
     return out
 

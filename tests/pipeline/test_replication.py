@@ -1,0 +1,79 @@
+"""Issue 14, a result that replicates: repeated draws of the training patients (each study repeated on its own
+patients), statistics that know the design, a sealed test set."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.run import run_pipeline
+from tests.pipeline.test_run import done_stamps, tiny_config
+
+
+@pytest.fixture(scope="module")
+def two_draws(phantom_root, extra_sets, finished, tmp_path_factory):
+    """The finished tiny run extended to 2 draws; records what the GMM of each newly trained draw was fitted on."""
+    from synthesis.generators.gmm import GMMGenerator
+
+    run_dir = tmp_path_factory.mktemp("draws") / "run"
+    shutil.copytree(finished, run_dir)
+    fitted, real_fit = [], GMMGenerator.fit
+
+    def recording_fit(self, masks, images, *args, **kwargs):
+        fitted.append(images.copy())
+        return real_fit(self, masks, images, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(GMMGenerator, "fit", recording_fit)
+    try:
+        before = done_stamps(run_dir)
+        run = run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "experiment.draws=2"))
+    finally:
+        mp.undo()
+    return run_dir, run, before, fitted
+
+
+def test_draw_zero_keeps_its_names_and_cache_and_later_draws_get_their_own_units(two_draws, finished):
+    run_dir, run, before, _ = two_draws
+    after = done_stamps(run_dir)
+    assert {k: after[k] for k in before} == before  # every unit of the one-draw run is reused as it was
+    new = sorted(set(after) - set(before))
+    assert "train_segmenters/f0.5/d1/real/seed0/done.json" in new
+    assert "train_generator/f0.5/d1/gmm/done.json" in new and "quality/f0.5/d1/done.json" in new
+    assert not any("/f1/d" in k for k in new)  # fraction 1.0 is every training patient: one draw
+    one = json.loads((finished / "train_segmenters" / "manifest.json").read_text())["results"]
+    two = json.loads((run_dir / "train_segmenters" / "manifest.json").read_text())["results"]
+    assert {name: unit["key"] for name, unit in two.items() if name in one} == \
+        {name: unit["key"] for name, unit in one.items()}
+
+
+def test_draws_are_recorded_and_never_hold_a_validation_or_test_patient(two_draws):
+    run_dir, run, _, _ = two_draws
+    split = json.loads((run_dir / "prepare" / "splits.json").read_text())
+    draws = split["draws"]["0.5"]
+    assert draws["mode"] == "independent"  # 2 draws x 2 patients > 3 training patients
+    assert draws["patients"][0] == split["fractions"]["0.5"] and draws["patients"][1] != draws["patients"][0]
+    assert all(set(p) <= set(split["train"]) for p in draws["patients"])
+    assert split["draws"]["1.0"]["mode"] == "all" and split["fractions"]["0.5"] == run.fraction_patients(0.5)
+    assert "independent seeded draws" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_the_generator_of_a_draw_is_fitted_on_that_draws_patients_only(two_draws):
+    run_dir, run, _, fitted = two_draws
+    assert len(fitted) == 1  # draw 0 was cached; only draw 1's GMM was trained
+    own = run.patient_cases(run.fraction_patients(0.5, 1))
+    assert np.array_equal(fitted[0], np.concatenate([c.image for c in own]))
+
+
+def test_every_table_carries_the_draw(two_draws):
+    run_dir, _, _, _ = two_draws
+    per_case = pd.read_csv(run_dir / "evaluate" / "per_case.csv")
+    assert list(per_case.columns).index("draw") == list(per_case.columns).index("fraction") + 1
+    assert per_case.groupby("fraction")["draw"].unique().map(sorted).to_dict() == {0.5: [0, 1], 1.0: [0]}
+    for name in ("seeds.csv", "per_case_extra.csv"):
+        assert set(pd.read_csv(run_dir / "evaluate" / name)["draw"]) == {0, 1}, name
+    assert set(pd.read_csv(run_dir / "quality" / "quality.csv")["draw"]) == {0, 1}
