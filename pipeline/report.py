@@ -149,10 +149,21 @@ def write_report(run: "Run") -> dict[str, Path]:
         doc.table(seeds)
     if len(comparison):
         doc.para("Paired comparison with the real arm (evaluate/statistics.csv): difference in mean Dice, "
-                 "bootstrap 95 % CI over test patients, Wilcoxon signed-rank p over patients; per-seed "
-                 "differences and a t-test over seeds. caveat: why a row is not evidence (segmenters not "
-                 "converged, or the real arm below experiment.real_dice_floor); empty when it can be read.")
+                 "bootstrap 95 % CI (ci_method: over test patients with one draw of training patients; over draws, "
+                 "then test patients within each, with several), Wilcoxon signed-rank p over patients; the "
+                 "differences per run (draw x seed) with a t-test over them, and the draws with a positive "
+                 "difference. caveat: why a row is not evidence (segmenters not converged, or the real arm below "
+                 "experiment.real_dice_floor); empty when it can be read.")
         doc.table(comparison)
+        draws = read_table(ev / "draws.csv")
+        if len(draws) and draws["draw"].nunique() > 1:
+            doc.para("Per draw of training patients (evaluate/draws.csv): the difference to real on that draw "
+                     "alone, with its bootstrap 95 % CI over test patients.")
+            doc.table(draws[["fraction", "draw", "arm", "generator", "augmentation", "reference", "diff_mean",
+                             "ci_low", "ci_high", "seeds_positive", "n_seeds"]])
+            doc.figure(_forest(draws, comparison), "forest", "Difference in mean Dice to real, one row per draw "
+                       "of training patients (95 % CI over test patients), and the pooled estimate (diamond; "
+                       "95 % CI over draws, then patients). Rows left of 0: the draw lost.")
     doc.figure(_dice_vs_fraction(per_case, run.cfg.experiment.bootstrap_samples), "dice_vs_fraction",
                "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
     doc.figure(_boxplots(per_case), "boxplots", "Dice per structure and condition (one point per test "
@@ -390,6 +401,30 @@ def _dice_vs_fraction(per_case: pd.DataFrame, n_boot: int) -> plt.Figure:
     ax.set_ylabel("mean Dice (RV, MYO, LV; 3D)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _forest(draws: pd.DataFrame, comparison: pd.DataFrame) -> plt.Figure:
+    """One row per fraction x condition x draw (its difference to real and CI), then that condition's pooled row."""
+    pooled = with_conditions(comparison)
+    pooled = pooled[pooled["reference_kind"] == "real"] if "reference_kind" in pooled else pooled
+    rows = []  # (label, diff, low, high, is_pooled)
+    for key, at in with_conditions(draws).groupby(CONDITION, sort=True):
+        label = f"{condition_label(*key[1:])} @{key[0]:g}"
+        rows += [(f"{label}, draw {r.draw}", r.diff_mean, r.ci_low, r.ci_high, False) for r in at.itertuples()]
+        hit = pooled[(pooled[CONDITION] == pd.Series(dict(zip(CONDITION, key)))).all(axis=1)]
+        if len(hit):
+            r = hit.iloc[0]
+            rows.append((f"{label}, pooled", r.diff_mean, r.ci_low, r.ci_high, True))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    for y, (label, diff, low, high, is_pooled) in enumerate(reversed(rows)):
+        err = [[diff - low], [high - diff]] if pd.notna(low) and pd.notna(high) else None
+        ax.errorbar(100 * diff, y, xerr=None if err is None else 100 * np.asarray(err), fmt="D" if is_pooled
+                    else "o", color="black" if is_pooled else "tab:blue", capsize=3, ms=7 if is_pooled else 5)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_xlabel("difference in mean Dice to real (points)")
+    ax.grid(alpha=0.3, axis="x")
     return fig
 
 

@@ -382,7 +382,7 @@ def evaluate(run: Run) -> dict[str, Any]:
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
     from pipeline.report import read_table
-    from segmentation.statistics import compare_to_real, robustness_table, seed_table
+    from segmentation.statistics import compare_to_real, draw_table, robustness_table, seed_table
 
     stage_dir = run.stage_dir("evaluate")
     trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
@@ -419,6 +419,8 @@ def evaluate(run: Run) -> dict[str, Any]:
     write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor,
                               augmentation_only=run.augmentation_only()), stage_dir / "statistics.csv")
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
+    write_csv(draw_table(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
+              stage_dir / "draws.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
     write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples),

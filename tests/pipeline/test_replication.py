@@ -77,3 +77,17 @@ def test_every_table_carries_the_draw(two_draws):
     for name in ("seeds.csv", "per_case_extra.csv"):
         assert set(pd.read_csv(run_dir / "evaluate" / name)["draw"]) == {0, 1}, name
     assert set(pd.read_csv(run_dir / "quality" / "quality.csv")["draw"]) == {0, 1}
+
+
+def test_the_draws_table_and_the_forest_plot_show_each_draw_and_the_pooled_estimate(two_draws):
+    run_dir, _, _, _ = two_draws
+    draws = pd.read_csv(run_dir / "evaluate" / "draws.csv", keep_default_na=False)
+    at_half = draws[draws["fraction"] == 0.5]
+    assert list(at_half["draw"]) == [0, 1] and (at_half["reference"] == "real").all()
+    stats = pd.read_csv(run_dir / "evaluate" / "statistics.csv", keep_default_na=False)
+    pooled = stats[(stats["fraction"] == 0.5) & (stats["reference_kind"] == "real")].iloc[0]
+    assert pooled["n_draws"] == 2 and pooled["ci_method"] == "draw -> patient bootstrap"
+    assert pooled["draws_positive"] == int((at_half["diff_mean"] > 0).sum())
+    assert pooled["diff_mean"] == pytest.approx(at_half["diff_mean"].mean(), abs=1e-12)  # same test patients
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "figures/forest.png" in md and (run_dir / "report" / "figures" / "forest.png").stat().st_size > 1000
