@@ -65,6 +65,17 @@ class ExperimentConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """How the test patients are scored."""
+
+    sealed: bool = field(default=False, metadata={
+        "help": "seal the test set: the pipeline trains, validates and selects without reading a test patient's "
+                "image or mask (only the duplicate-image check hashes images), evaluate and the report show "
+                "validation results only; `cmr-synth run CONFIG --unseal` scores the test patients once and "
+                "appends the time and config hash to RUN_DIR/unsealed.json"})
+
+
+@dataclass
 class LaunchConfig:
     """How many processes run the training stages (PyTorch distributed, torchrun)."""
 
@@ -89,6 +100,7 @@ class PipelineConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

@@ -106,6 +106,8 @@ def write_report(run: "Run") -> dict[str, Path]:
 
     doc.heading("cmr-synth report: does synthetic data improve cardiac MR segmentation?", 1)
     sentences = headline(comparison) if len(comparison) else ["Only the real arm was run: nothing to compare."]
+    if not run.test_open:
+        sentences = [SEALED] + [f"On the validation patients: {s}" for s in sentences]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
     doc.md.extend(f"> {s}\n" for s in sentences)
 
@@ -122,6 +124,7 @@ def write_report(run: "Run") -> dict[str, Path]:
     source = run.cfg.data.root or f"embedded phantom ({run.cfg.data.phantom_patients} patients, seed "\
                                    f"{run.cfg.data.phantom_seed})"
     doc.para(f"Source: {source}. Test set: {run.cfg.data.test_root or 'held-out patients of the same root'}.")
+    _seal_section(doc, run)
     train_cases = run.patient_cases(split["train"])[:4]
     doc.figure(_overlay_grid([c.image for c in train_cases], [c.mask for c in train_cases],
                              [c.case_id for c in train_cases]), "data_examples",
@@ -238,6 +241,30 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
                 doc.image(path, f"quality_{kind}_{name}", f"{name} (fraction {fraction:g}): {caption}.")
 
 
+SEALED = ("TEST SET SEALED (evaluate.sealed): no test patient was read; every number in this report is on the "
+          "validation patients, which also chose each segmenter's checkpoint and the best augmentation-only arm, so "
+          "they are optimistic. `cmr-synth run CONFIG --unseal` scores the test set once, and records it.")
+
+
+def _seal_section(doc: _Doc, run: "Run") -> None:
+    """Whether the test set is sealed, and every time it was unsealed (RUN_DIR/unsealed.json)."""
+    from pipeline.run import UNSEALED, unsealings
+
+    if not run.cfg.evaluate.sealed:
+        return
+    doc.heading("Sealed test set")
+    records = unsealings(run)
+    if not run.test_open:
+        doc.para(SEALED)
+    if records:
+        doc.para(f"The test set of this run directory was unsealed {len(records)} time(s) ({UNSEALED}); "
+                 f"config_hash identifies the configuration that was scored, scored_now is false where an "
+                 f"earlier scoring of the same configuration was shown again:")
+        doc.table(pd.DataFrame(records))
+    else:
+        doc.para(f"Never unsealed ({UNSEALED} is absent).")
+
+
 def headline_table(run: "Run") -> str:
     """What `make run` prints at the end: mean Dice ± sd over seeds per condition, then the headlines."""
     ev = run.stage_dir("evaluate")
@@ -250,7 +277,8 @@ def headline_table(run: "Run") -> str:
         label += f", draw {row.draw}" if seeds["draw"].nunique() > 1 else ""
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
-    return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
+    sealed = [] if run.test_open else [SEALED]
+    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []))
 
 
 def convergence_note(row: Any) -> str:

@@ -33,6 +33,7 @@ from segmentation.statistics import with_conditions
 RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
                               "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
 SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
+UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -81,6 +82,7 @@ class Run:
     # How units of the current stage use the processes: "ddp" (all train each unit together), "sweep" (units
     # dealt out, each trained by one process), "collect" (all done: read results), "solo" (rank 0 alone).
     mode: str = "ddp"
+    unseal: bool = False  # `cmr-synth run --unseal`: score the sealed test set (evaluate.sealed) this once
     _units_seen: int = 0
     _extra_cases: dict[str, list[PreparedCase]] = field(default_factory=dict, repr=False)
 
@@ -113,6 +115,11 @@ class Run:
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
 
+    @property
+    def test_open(self) -> bool:
+        """Whether this run may read the test patients (and extra test sets): not sealed, or `--unseal`."""
+        return not self.cfg.evaluate.sealed or self.unseal
+
     # ------------------------------------------------------------------ data shared by the later stages
     @cached_property
     def split(self) -> dict[str, Any]:
@@ -120,11 +127,12 @@ class Run:
 
     @cached_property
     def cases(self) -> dict[str, PreparedCase]:
-        """Every prepared real case by case id, read from the prepare stage's cache (no NIfTI reading)."""
+        """Every prepared real case by case id, read from the prepare stage's cache (no NIfTI reading); the test
+        patients' only when the test set is open (`test_open`)."""
         from data.cache import prepare_cases
 
         refs = self._refs(self.split["train"] + self.split["val"], test=False)
-        refs += self._refs(self.split["test"], test=True)
+        refs += self._refs(self.split["test"], test=True) if self.test_open else []
         cases = prepare_cases(refs, self.cfg.data.preprocess, self.stage_dir("prepare") / "cache",
                               label_map=self.cfg.data.label_map)
         return {c.case_id: c for c in cases}
@@ -234,6 +242,8 @@ def prepare(run: Run) -> dict[str, Any]:
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
                        fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws)
     write_split(stage_dir / "splits.json", split)
+    if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
+        refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")
@@ -244,8 +254,9 @@ def prepare(run: Run) -> dict[str, Any]:
                               test_set.phantom_style)
             run.unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
                 d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})
-        extra[test_set.name] = len(run.extra_cases(test_set))
-        log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
+        if not cfg.evaluate.sealed:
+            extra[test_set.name] = len(run.extra_cases(test_set))
+            log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
     return {"n_cases": len(cases), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
             "extra_test_sets": extra}
 
@@ -377,7 +388,9 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
 def evaluate(run: Run) -> dict[str, Any]:
     """Every segmenter on the held-out test patients (per_case.csv, the experiment's answer) and on each extra
-    test set (per_case_extra.csv, robustness.csv: the same comparisons per shifted domain)."""
+    test set (per_case_extra.csv, robustness.csv: the same comparisons per shifted domain). With a sealed test
+    set (evaluate.sealed, no --unseal), on the validation patients instead, in units of their own (evaluate/
+    sealed_val/), and no extra test set: the same tables, read as validation results."""
     from data.io import write_csv
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
@@ -386,8 +399,11 @@ def evaluate(run: Run) -> dict[str, Any]:
 
     stage_dir = run.stage_dir("evaluate")
     trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
-    test_sets = {"": (run.patient_cases(run.split["test"]), run.cfg.data.label_map)}
-    test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
+    scored = "test" if run.test_open else "val"
+    units_dir = stage_dir if run.test_open else stage_dir / "sealed_val"
+    test_sets = {"": (run.patient_cases(run.split[scored]), run.cfg.data.label_map)}
+    if run.test_open:
+        test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
     frames: dict[str, list[pd.DataFrame]] = {"per_case.csv": [], "per_case_extra.csv": []}
     for seg in run.segmenters():
         def work(unit_dir: Path, seg=seg) -> dict[str, Any]:
@@ -407,10 +423,11 @@ def evaluate(run: Run) -> dict[str, Any]:
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
         key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
-                          run.keys["data"])
-        run.unit(stage_dir / seg.name, key, work)
+                          run.keys["data"]) if run.test_open else \
+            stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
+        run.unit(units_dir / seg.name, key, work)
         for name, found in frames.items():
-            found.append(with_draw(read_table(stage_dir / seg.name / name), seg.draw))
+            found.append(with_draw(read_table(units_dir / seg.name / name), seg.draw))
     status = segmenter_status(run)
     per_case = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
     exp = run.cfg.experiment
@@ -423,9 +440,10 @@ def evaluate(run: Run) -> dict[str, Any]:
               stage_dir / "draws.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
-    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples),
+    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples,
+                               primary="test (in-domain)" if run.test_open else "validation (test set sealed)"),
               stage_dir / "robustness.csv")
-    return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
+    return {"rows": int(len(per_case)), "extra_rows": int(len(extra)), "scored": scored}
 
 
 STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "seed"]
@@ -540,9 +558,12 @@ def stage_config(run: Run, stage: str) -> Any:
         "train_generator": lambda: {"synthesis": to_dict(cfg.synthesis), "generators": cfg.experiment.generators},
         "synthesize": lambda: to_dict(cfg.synthesis),
         "train_segmenters": lambda: {"segmentation": to_dict(cfg.segmentation), "experiment": to_dict(cfg.experiment)},
-        "evaluate": lambda: {"experiment": to_dict(cfg.experiment), "extra_test_sets": to_dict(cfg.data.extra_test_sets)},
+        "evaluate": lambda: {"experiment": to_dict(cfg.experiment),
+                             "extra_test_sets": to_dict(cfg.data.extra_test_sets),
+                             **({"scored": "test" if run.test_open else "val"} if cfg.evaluate.sealed else {})},
         "quality": lambda: {"quality": to_dict(cfg.quality), "experiment": to_dict(cfg.experiment)},
-        "report": lambda: {"profile": cfg.profile},
+        "report": lambda: {"profile": cfg.profile,
+                           **({"unsealed": len(unsealings(run))} if cfg.evaluate.sealed else {})},
     }[stage]()
 
 
@@ -579,7 +600,30 @@ def needed_stages(cfg: PipelineConfig) -> list[str]:
     return [s for s in STAGES if s not in skip]
 
 
-def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = ()) -> Run:
+def unsealings(run: Run) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/unsealed.json: every time this run directory's sealed test set was scored."""
+    path = run.run_dir / UNSEALED
+    return read_json(path) if path.is_file() else []
+
+
+def record_unsealing(run: Run, scored: bool) -> None:
+    """Append this `--unseal` to RUN_DIR/unsealed.json: UTC time, a hash of the config (what was run, no git
+    needed), the evaluate key and whether the test patients were scored now (False: an earlier scoring of the
+    same config was shown again). A published number can then show it came from one look."""
+    from datetime import datetime, timezone
+
+    from pipeline.cache import write_json
+
+    record = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "config_hash": stable_hash({k: v for k, v in to_dict(run.cfg).items() if k != "run_dir"}),
+              "evaluate_key": run.keys["evaluate"], "test_patients": len(run.split["test"]), "scored_now": scored}
+    write_json(run.run_dir / UNSEALED, unsealings(run) + [record])
+    get_logger().warning(f"test set unsealed: scored {'now' if scored else 'before (cached)'}, recorded in "
+                         f"{run.run_dir / UNSEALED} ({len(unsealings(run))} unsealing(s) so far)")
+
+
+def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = (),
+                 unseal: bool = False) -> Run:
     """Run (or resume) the stages in order; a current stage is skipped, a stale or forced one re-runs.
 
     Under torchrun every process calls this: the training stages use all of them (`launch.mode`), the other
@@ -589,7 +633,10 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
     from segmentation.runtime import limit_threads, thread_budget
 
     log = get_logger()
-    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg))
+    if unseal and not cfg.evaluate.sealed:
+        raise ConfigError("--unseal scores a sealed test set, but evaluate.sealed is false: this run reads its test "
+                          "patients anyway", keys=("evaluate.sealed",))
+    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg), unseal=unseal)
     check_patient_count(run)
     threads = limit_threads()
     log.info(f"torch threads: {threads} per process (budget {thread_budget()}: this process's cores / processes "
@@ -613,6 +660,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
         run.keys[stage] = key
         if stage_current(stage_dir, key) is not None:
             log.info(f"[{stage}] up to date, skipped")
+            if stage == "evaluate" and run.unseal and run.ctx.is_main:
+                record_unsealing(run, scored=False)
             continue
         if stage not in wanted:
             raise RuntimeError(f"stage {stage!r} is needed by {wanted} but is not up to date; run it first "
@@ -627,6 +676,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
             write_stage_manifest(stage_dir, StageRecord(
                 stage=stage, key=key, config=stage_config(run, stage),
                 inputs=upstream_keys(run, stage), results=results, wall_s=wall))
+            if stage == "evaluate" and run.unseal:
+                record_unsealing(run, scored=True)
         run.ctx.barrier()
         log.info(f"[{stage}] done in {wall:.1f} s")
         if stage == wanted[-1]:

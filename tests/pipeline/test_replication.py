@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 import pytest
 
 from pipeline.run import run_pipeline
@@ -91,3 +92,63 @@ def test_the_draws_table_and_the_forest_plot_show_each_draw_and_the_pooled_estim
     assert pooled["diff_mean"] == pytest.approx(at_half["diff_mean"].mean(), abs=1e-12)  # same test patients
     md = (run_dir / "report" / "report.md").read_text()
     assert "figures/forest.png" in md and (run_dir / "report" / "figures" / "forest.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------ a sealed test set
+SEALED = ("evaluate.sealed=true", "experiment.fractions=[1.0]",
+          "data.extra_test_sets=[{name: lowfield, phantom_style: lowfield_noisy, phantom_patients: 1}]")
+
+
+def test_a_sealed_run_never_opens_a_test_mask_and_each_unsealing_is_recorded(phantom_root, tmp_path, monkeypatch):
+    import nibabel
+
+    import data.cache
+    from pipeline.cli import main
+    from pipeline.config import deep_merge, parse_override
+    from tests.pipeline.test_run import TINY
+
+    loaded, hashed = [], []
+    real_load, real_sha1 = nibabel.load, data.cache.file_sha1
+    monkeypatch.setattr(nibabel, "load", lambda path, *a, **k: loaded.append(Path(path)) or real_load(path, *a, **k))
+    monkeypatch.setattr(data.cache, "file_sha1", lambda path: hashed.append(Path(path)) or real_sha1(path))
+    run_dir = tmp_path / "sealed"
+    run = run_pipeline(tiny_config(phantom_root, run_dir, *SEALED))
+    test = set(run.split["test"])
+    assert test and not [p for p in loaded + hashed if p.parent.name in test and "_gt" in p.name]  # no test mask
+    assert not [p for p in hashed if p.parent.name in test]  # no test case preprocessed
+    test_images = [p for p in loaded if p.parent.name in test]
+    assert len(test_images) == len(set(test_images))  # read once each, by the duplicate-image hash only
+    assert not [p for p in loaded + hashed if "extra" in p.parts]  # nor an extra test set
+    per_case = pd.read_csv(run_dir / "evaluate" / "per_case.csv")
+    assert set(per_case["patient"]) == set(run.split["val"])  # validation results only
+    assert not (run_dir / "evaluate" / "f1").exists() and not (run_dir / "unsealed.json").exists()
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "TEST SET SEALED" in md and "Never unsealed" in md
+
+    monkeypatch.undo()
+    before = done_stamps(run_dir)
+    raw = {}
+    for item in [f"data.root={phantom_root}", *TINY, *SEALED]:
+        raw = deep_merge(raw, parse_override(item))
+    config = tmp_path / "sealed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    for time in (1, 2):
+        assert main(["run", str(config), "--run-dir", str(run_dir), "--unseal"]) == 0
+        records = json.loads((run_dir / "unsealed.json").read_text())
+        assert len(records) == time and [r["scored_now"] for r in records] == [True, False][:time]
+        assert records[-1]["config_hash"] == records[0]["config_hash"] and records[-1]["time_utc"].endswith("+00:00")
+    after = done_stamps(run_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("evaluate/")} == \
+        {k: v for k, v in before.items() if not k.startswith("evaluate/")}  # scoring retrains nothing
+    assert set(pd.read_csv(run_dir / "evaluate" / "per_case.csv")["patient"]) == test
+    assert set(pd.read_csv(run_dir / "evaluate" / "per_case_extra.csv")["test_set"]) == {"lowfield"}
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "unsealed 2 time(s)" in md and "TEST SET SEALED" not in md and records[0]["config_hash"] in md
+
+
+def test_unseal_needs_a_sealed_test_set(phantom_root, tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.sealed is false"):
+        run_pipeline(tiny_config(phantom_root, tmp_path / "run"), unseal=True)
+    assert not (tmp_path / "run").exists()
