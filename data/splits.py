@@ -3,6 +3,10 @@
 Ids are patient ids, so the phases (ED, ES) of a patient always land in the same split. All randomness comes
 from the seed, and results do not depend on the order the ids are given in.
 
+Repeated draws (`repeated_draws`): further training subsets of each fraction's size, so a low-data result can be
+replicated over which patients were trained on. Draw 0 is the nested subset; later draws are the next windows of
+the same stratified order (disjoint) where the training patients allow, else independent seeded draws.
+
 Stratification (e.g. by ACDC group) uses a systematic interleaving: patients are shuffled within their
 group, then ordered by (rank within group + random offset) / group size. Every prefix and every
 contiguous window of that order holds each group in proportion (+-1), so taking test, then val, then
@@ -32,6 +36,8 @@ class Split:
     test: list[str]
     seed: int
     fractions: dict[str, list[str]] = field(default_factory=dict)  # "0.1" -> training patients (nested)
+    # "0.1" -> {"mode": "disjoint" | "independent" | "all", "patients": [draw 0, draw 1, ...]}; draw 0 = fractions
+    draws: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,7 +46,9 @@ class Split:
     def from_dict(cls, d: dict[str, Any]) -> Split:
         try:
             return cls(train=sorted(d["train"]), val=sorted(d["val"]), test=sorted(d["test"]), seed=int(d["seed"]),
-                       fractions={str(k): sorted(v) for k, v in d.get("fractions", {}).items()})
+                       fractions={str(k): sorted(v) for k, v in d.get("fractions", {}).items()},
+                       draws={str(k): {"mode": str(v["mode"]), "patients": [sorted(p) for p in v["patients"]]}
+                              for k, v in d.get("draws", {}).items()})
         except KeyError as exc:
             raise ValueError(f"split: missing key {exc.args[0]!r}") from exc
 
@@ -69,14 +77,15 @@ def stratified_order(ids: Iterable[str], rng: np.random.Generator,
 
 def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids: Iterable[str] | None = None,
                strata: dict[str, str] | None = None, fractions: Sequence[float] = (),
-               linked: Iterable[Iterable[str]] = ()) -> Split:
+               linked: Iterable[Iterable[str]] = (), draws: int = 1) -> Split:
     """Split patients into train/val/test with `cfg.seed`.
 
     `test_patient_ids` (a separate test root): test = those and `cfg.n_test` is ignored. `strata`: patient id
     -> group used to stratify; ignored unless every patient has one. `fractions`: also draw nested training
     subsets (see `nested_fractions`). `linked`: groups of patients that must land on the same side (e.g. ACDC
     patient074 and patient076 hold identical images, see `duplicate_patients`); each group follows its member
-    drawn first, so a side may hold one or two patients more than asked for.
+    drawn first, so a side may hold one or two patients more than asked for. `draws` > 1: also draw that many
+    training subsets per fraction (`repeated_draws`).
     """
     pool = sorted(set(patient_ids))
     rng = np.random.default_rng([int(cfg.seed), 0])
@@ -114,6 +123,8 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
     split = Split(train=train, val=val, test=test, seed=int(cfg.seed))
     if fractions:
         split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata, linked=groups)
+    if fractions and draws > 1:
+        split.draws = repeated_draws(train, list(fractions), cfg.seed, draws, strata=strata, linked=groups)
     return split
 
 
@@ -156,6 +167,48 @@ def nested_fractions(train_ids: Iterable[str], fractions: list[float], seed: int
     One fixed (stratified when `strata` covers every id) order of the training patients; fraction f takes
     its first max(1, round(f * n)) patients, plus the `linked` partners of those (still nested).
     """
+    ids, order, closure = _draw_order(train_ids, fractions, seed, strata, linked)
+    return {fraction_key(f): closure(order[:_draw_size(f, ids)]) for f in sorted(fractions, key=float)}
+
+
+def repeated_draws(train_ids: Iterable[str], fractions: list[float], seed: int, n_draws: int, *,
+                   strata: dict[str, str] | None = None,
+                   linked: Iterable[set[str]] = ()) -> dict[str, dict[str, Any]]:
+    """`n_draws` training subsets per fraction, each of the fraction's size (+ `linked` partners).
+
+    Draw 0 is `nested_fractions`' subset. When n_draws x size fit in the training patients, draw k takes the
+    next window of the same stratified order with earlier draws' patients left out ("disjoint"); otherwise each
+    later draw is its own seeded stratified order's prefix ("independent"). A draw equal to an earlier one is
+    dropped (a fraction whose subset is every training patient has one draw, mode "all")."""
+    ids, order, closure = _draw_order(train_ids, fractions, seed, strata, linked)
+    out = {}
+    for f in sorted(fractions, key=float):
+        size = _draw_size(f, ids)
+        draws = [closure(order[:size])]
+        mode = "all" if len(draws[0]) == len(ids) else "disjoint" if n_draws * size <= len(ids) else "independent"
+        if mode == "disjoint":
+            for _ in range(1, n_draws):
+                used = {pid for draw in draws for pid in draw}
+                draws.append(closure([pid for pid in order if pid not in used][:size]))
+            if any(len(d) < size for d in draws):  # linked partners used up the pool: fall back
+                draws, mode = draws[:1], "independent"
+        if mode == "independent":
+            for k in range(1, n_draws):
+                other = stratified_order(ids, np.random.default_rng([int(seed), 1, k]), strata)
+                draw = closure(other[:size])
+                if draw not in draws:
+                    draws.append(draw)
+        out[fraction_key(f)] = {"mode": mode, "patients": draws}
+    return out
+
+
+def _draw_size(fraction: float, ids: list[str]) -> int:
+    return max(1, int(round(float(fraction) * len(ids))))
+
+
+def _draw_order(train_ids: Iterable[str], fractions: list[float], seed: int, strata: dict[str, str] | None,
+                linked: Iterable[set[str]]):
+    """The sorted ids, the stratified order of draw 0 and the closure adding a drawn patient's linked partners."""
     ids = sorted(set(train_ids))
     if not ids:
         raise ValueError("nested_fractions: no training patients")
@@ -172,8 +225,7 @@ def nested_fractions(train_ids: Iterable[str], fractions: list[float], seed: int
                 out |= group & set(ids)
         return sorted(out)
 
-    return {fraction_key(f): closure(order[:max(1, int(round(float(f) * len(ids))))])
-            for f in sorted(fractions, key=float)}
+    return ids, order, closure
 
 
 def _split_path(path: Path | str) -> Path:

@@ -33,6 +33,12 @@ class ExperimentConfig:
         "min_exclusive": 0.0, "max": 1.0, "help": "real-data fractions of the training patients (nested subsets)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "min_len": 1, "help": "segmenter seeds; every arm x fraction is trained once per seed"})
+    draws: int = field(default=1, metadata={
+        "min": 1, "max": 100,
+        "help": "draws of the training patients per fraction: the whole study (generators, segmenters, "
+                "evaluation) is repeated on each; draw 0 is the nested subset, later draws are disjoint from "
+                "the earlier ones where the training patients allow, else independent seeded draws (prepare/"
+                "splits.json says which)"})
     arms: list[str] = field(default_factory=lambda: ["real", "real+synthetic"], metadata={
         "choices": list(ARMS), "min_len": 1, "help": "training arms; real+synthetic/synthetic run once per generator"})
     generators: list[str] = field(default_factory=lambda: ["spade", "gmm"], metadata={
@@ -56,6 +62,17 @@ class ExperimentConfig:
         "min": 0.0, "max": 1.0,
         "help": "a real arm whose mean test Dice is below this is not a baseline worth comparing with: the report "
                 "then flags every comparison with it instead of stating a gain or loss"})
+
+
+@dataclass
+class EvaluateConfig:
+    """How the test patients are scored."""
+
+    sealed: bool = field(default=False, metadata={
+        "help": "seal the test set: the pipeline trains, validates and selects without reading a test patient's "
+                "image or mask (only the duplicate-image check hashes images), evaluate and the report show "
+                "validation results only; `cmr-synth run CONFIG --unseal` scores the test patients once and "
+                "appends the time and config hash to RUN_DIR/unsealed.json"})
 
 
 @dataclass
@@ -83,6 +100,7 @@ class PipelineConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

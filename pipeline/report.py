@@ -30,6 +30,10 @@ from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, he
 if TYPE_CHECKING:
     from pipeline.run import Run
 
+DRAW_MODES = {"disjoint": "pairwise disjoint (no patient in two draws)",
+              "independent": "independent seeded draws (too few training patients for disjoint ones: draws may "
+                             "share patients)",
+              "all": "every training patient (one draw)"}
 MASK_COLOURS = {1: (0.2, 0.6, 1.0), 2: (0.2, 0.9, 0.3), 3: (1.0, 0.3, 0.3)}  # RV blue, MYO green, LV red
 
 
@@ -102,6 +106,8 @@ def write_report(run: "Run") -> dict[str, Path]:
 
     doc.heading("cmr-synth report: does synthetic data improve cardiac MR segmentation?", 1)
     sentences = headline(comparison) if len(comparison) else ["Only the real arm was run: nothing to compare."]
+    if not run.test_open:
+        sentences = [SEALED] + [f"On the validation patients: {s}" for s in sentences]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
     doc.md.extend(f"> {s}\n" for s in sentences)
     if not run.cfg.data.root:
@@ -115,9 +121,15 @@ def write_report(run: "Run") -> dict[str, Path]:
     doc.table(pd.DataFrame([{"split": k, "patients": len(split[k])} for k in ("train", "val", "test")]
                            + [{"split": f"train, fraction {f}", "patients": len(v)}
                               for f, v in split["fractions"].items()]))
+    for fraction, draws in split.get("draws", {}).items():
+        doc.para(f"Fraction {fraction}: {len(draws['patients'])} draws of the training patients, "
+                 + DRAW_MODES[draws["mode"]] + "; generators and segmenters of a draw train on its patients only "
+                 "(prepare/splits.json): " + "; ".join(f"draw {k}: {', '.join(p)}"
+                                                       for k, p in enumerate(draws["patients"])) + ".")
     source = run.cfg.data.root or f"embedded phantom ({run.cfg.data.phantom_patients} patients, seed "\
                                    f"{run.cfg.data.phantom_seed})"
     doc.para(f"Source: {source}. Test set: {run.cfg.data.test_root or 'held-out patients of the same root'}.")
+    _seal_section(doc, run)
     train_cases = run.patient_cases(split["train"])[:4]
     doc.figure(_overlay_grid([c.image for c in train_cases], [c.mask for c in train_cases],
                              [c.case_id for c in train_cases]), "data_examples",
@@ -145,10 +157,21 @@ def write_report(run: "Run") -> dict[str, Path]:
         doc.table(seeds)
     if len(comparison):
         doc.para("Paired comparison with the real arm (evaluate/statistics.csv): difference in mean Dice, "
-                 "bootstrap 95 % CI over test patients, Wilcoxon signed-rank p over patients; per-seed "
-                 "differences and a t-test over seeds. caveat: why a row is not evidence (segmenters not "
-                 "converged, or the real arm below experiment.real_dice_floor); empty when it can be read.")
+                 "bootstrap 95 % CI (ci_method: over test patients with one draw of training patients; over draws, "
+                 "then test patients within each, with several), Wilcoxon signed-rank p over patients; the "
+                 "differences per run (draw x seed) with a t-test over them, and the draws with a positive "
+                 "difference. caveat: why a row is not evidence (segmenters not converged, or the real arm below "
+                 "experiment.real_dice_floor); empty when it can be read.")
         doc.table(comparison)
+        draws = read_table(ev / "draws.csv")
+        if len(draws) and draws["draw"].nunique() > 1:
+            doc.para("Per draw of training patients (evaluate/draws.csv): the difference to real on that draw "
+                     "alone, with its bootstrap 95 % CI over test patients.")
+            doc.table(draws[["fraction", "draw", "arm", "generator", "augmentation", "reference", "diff_mean",
+                             "ci_low", "ci_high", "seeds_positive", "n_seeds"]])
+            doc.figure(_forest(draws, comparison), "forest", "Difference in mean Dice to real, one row per draw "
+                       "of training patients (95 % CI over test patients), and the pooled estimate (diamond; "
+                       "95 % CI over draws, then patients). Rows left of 0: the draw lost.")
     doc.figure(_dice_vs_fraction(per_case, run.cfg.experiment.bootstrap_samples), "dice_vs_fraction",
                "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
     doc.figure(_boxplots(per_case), "boxplots", "Dice per structure and condition (one point per test "
@@ -223,17 +246,44 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
                 doc.image(path, f"quality_{kind}_{name}", f"{name} (fraction {fraction:g}): {caption}.")
 
 
+SEALED = ("TEST SET SEALED (evaluate.sealed): no test patient was read; every number in this report is on the "
+          "validation patients, which also chose each segmenter's checkpoint and the best augmentation-only arm, so "
+          "they are optimistic. `cmr-synth run CONFIG --unseal` scores the test set once, and records it.")
+
+
+def _seal_section(doc: _Doc, run: "Run") -> None:
+    """Whether the test set is sealed, and every time it was unsealed (RUN_DIR/unsealed.json)."""
+    from pipeline.run import UNSEALED, unsealings
+
+    if not run.cfg.evaluate.sealed:
+        return
+    doc.heading("Sealed test set")
+    records = unsealings(run)
+    if not run.test_open:
+        doc.para(SEALED)
+    if records:
+        doc.para(f"The test set of this run directory was unsealed {len(records)} time(s) ({UNSEALED}); "
+                 f"config_hash identifies the configuration that was scored, scored_now is false where an "
+                 f"earlier scoring of the same configuration was shown again:")
+        doc.table(pd.DataFrame(records))
+    else:
+        doc.para(f"Never unsealed ({UNSEALED} is absent).")
+
+
 def headline_table(run: "Run") -> str:
     """What `make run` prints at the end: mean Dice ± sd over seeds per condition, then the headlines."""
     ev = run.stage_dir("evaluate")
     seeds = read_table(ev / "seeds.csv")
     comparison = read_table(ev / "statistics.csv")
     lines = ["fraction  condition                      mean Dice (sd over seeds)  converged"]
-    for row in with_conditions(seeds).itertuples():
+    seeds = with_conditions(seeds)
+    for row in seeds.itertuples():
         label = condition_label(row.arm, row.generator, row.augmentation)
+        label += f", draw {row.draw}" if seeds["draw"].nunique() > 1 else ""
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
-    return "\n".join(lines + [""] + (headline(comparison) if len(comparison) else []))
+    sealed = [] if run.test_open else [SEALED]
+    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []))
 
 
 def convergence_note(row: Any) -> str:
@@ -336,6 +386,8 @@ def _results_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> 
     if summary.empty:
         return summary
     seeds = with_conditions(seeds) if seeds is not None and len(seeds) else None
+    if seeds is not None and "n_converged" in seeds:  # every draw's segmenters of a condition together
+        seeds = seeds.groupby(CONDITION, as_index=False)[["n_converged", "n_seeds"]].sum()
     trained = {(float(r.fraction), r.arm, r.generator, r.augmentation): convergence_note(r)
                for r in seeds.itertuples()} if seeds is not None and "n_converged" in seeds else {}
     wanted = [("dice", s) for s in (*STRUCTURES, "mean")] + [("hd95", s) for s in STRUCTURES] + \
@@ -382,6 +434,30 @@ def _dice_vs_fraction(per_case: pd.DataFrame, n_boot: int) -> plt.Figure:
     ax.set_ylabel("mean Dice (RV, MYO, LV; 3D)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _forest(draws: pd.DataFrame, comparison: pd.DataFrame) -> plt.Figure:
+    """One row per fraction x condition x draw (its difference to real and CI), then that condition's pooled row."""
+    pooled = with_conditions(comparison)
+    pooled = pooled[pooled["reference_kind"] == "real"] if "reference_kind" in pooled else pooled
+    rows = []  # (label, diff, low, high, is_pooled)
+    for key, at in with_conditions(draws).groupby(CONDITION, sort=True):
+        label = f"{condition_label(*key[1:])} @{key[0]:g}"
+        rows += [(f"{label}, draw {r.draw}", r.diff_mean, r.ci_low, r.ci_high, False) for r in at.itertuples()]
+        hit = pooled[(pooled[CONDITION] == pd.Series(dict(zip(CONDITION, key)))).all(axis=1)]
+        if len(hit):
+            r = hit.iloc[0]
+            rows.append((f"{label}, pooled", r.diff_mean, r.ci_low, r.ci_high, True))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    for y, (label, diff, low, high, is_pooled) in enumerate(reversed(rows)):
+        err = [[diff - low], [high - diff]] if pd.notna(low) and pd.notna(high) else None
+        ax.errorbar(100 * diff, y, xerr=None if err is None else 100 * np.asarray(err), fmt="D" if is_pooled
+                    else "o", color="black" if is_pooled else "tab:blue", capsize=3, ms=7 if is_pooled else 5)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_xlabel("difference in mean Dice to real (points)")
+    ax.grid(alpha=0.3, axis="x")
     return fig
 
 

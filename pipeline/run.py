@@ -33,6 +33,7 @@ from segmentation.statistics import with_conditions
 RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
                               "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
 SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
+UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -46,16 +47,29 @@ class Segmenter:
     generator: str  # "" for the real arm; "a+b" for a mixture (experiment.mixtures)
     seed: int
     augmentation: str = "standard"  # segmentation.augmentation this segmenter trains with
+    draw: int = 0  # which draw of the fraction's training patients (experiment.draws)
 
     @property
     def name(self) -> str:
         arm = self.arm.replace("+", "_plus_")
         aug = "" if self.augmentation == "standard" else f"_aug-{self.augmentation}"  # standard: the old names
-        return f"f{self.fraction:g}/{arm}{'-' + self.generator if self.generator else ''}{aug}/seed{self.seed}"
+        return f"{subset_dir(self.fraction, self.draw)}/{arm}{'-' + self.generator if self.generator else ''}" \
+               f"{aug}/seed{self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        """What a unit key holds of this segmenter: not the draw, whose patients are in the key themselves, so
+        draw 0 keeps the keys of a run from before draws existed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "draw"}
 
     def config(self, cfg: SegmentationConfig) -> SegmentationConfig:
         """The segmentation settings this segmenter trains with."""
         return dataclasses.replace(cfg, augmentation=self.augmentation)
+
+
+def subset_dir(fraction: float, draw: int = 0) -> str:
+    """The folder of one training subset's units: `f0.1` for draw 0 (the names of a run without draws),
+    `f0.1/d2` for draw 2."""
+    return f"f{fraction:g}" + (f"/d{draw}" if draw else "")
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Run:
     # How units of the current stage use the processes: "ddp" (all train each unit together), "sweep" (units
     # dealt out, each trained by one process), "collect" (all done: read results), "solo" (rank 0 alone).
     mode: str = "ddp"
+    unseal: bool = False  # `cmr-synth run --unseal`: score the sealed test set (evaluate.sealed) this once
     _units_seen: int = 0
     _extra_cases: dict[str, list[PreparedCase]] = field(default_factory=dict, repr=False)
 
@@ -100,6 +115,11 @@ class Run:
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
 
+    @property
+    def test_open(self) -> bool:
+        """Whether this run may read the test patients (and extra test sets): not sealed, or `--unseal`."""
+        return not self.cfg.evaluate.sealed or self.unseal
+
     # ------------------------------------------------------------------ data shared by the later stages
     @cached_property
     def split(self) -> dict[str, Any]:
@@ -107,11 +127,12 @@ class Run:
 
     @cached_property
     def cases(self) -> dict[str, PreparedCase]:
-        """Every prepared real case by case id, read from the prepare stage's cache (no NIfTI reading)."""
+        """Every prepared real case by case id, read from the prepare stage's cache (no NIfTI reading); the test
+        patients' only when the test set is open (`test_open`)."""
         from data.cache import prepare_cases
 
         refs = self._refs(self.split["train"] + self.split["val"], test=False)
-        refs += self._refs(self.split["test"], test=True)
+        refs += self._refs(self.split["test"], test=True) if self.test_open else []
         cases = prepare_cases(refs, self.cfg.data.preprocess, self.stage_dir("prepare") / "cache",
                               label_map=self.cfg.data.label_map)
         return {c.case_id: c for c in cases}
@@ -152,10 +173,21 @@ class Run:
         wanted = set(patients)
         return [c for c in self.cases.values() if c.patient_id in wanted]
 
-    def fraction_patients(self, fraction: float) -> list[str]:
+    def fraction_patients(self, fraction: float, draw: int = 0) -> list[str]:
+        """The training patients of draw `draw` of `fraction` (draw 0: the nested subset)."""
         from data.splits import fraction_key
 
-        return self.split["fractions"][fraction_key(fraction)]
+        if draw == 0:
+            return self.split["fractions"][fraction_key(fraction)]
+        return self.split["draws"][fraction_key(fraction)]["patients"][draw]
+
+    def subsets(self) -> list[tuple[float, int]]:
+        """(fraction, draw) of every training subset the study is repeated on, in order."""
+        from data.splits import fraction_key
+
+        draws = self.split.get("draws", {})
+        return [(fraction, draw) for fraction in self.cfg.experiment.fractions
+                for draw in range(len(draws[fraction_key(fraction)]["patients"]) if draws else 1)]
 
     @property
     def augmentations(self) -> list[str]:
@@ -165,11 +197,12 @@ class Run:
     def segmenters(self) -> list[Segmenter]:
         exp = self.cfg.experiment
         runs = []
-        for fraction in exp.fractions:
+        for fraction, draw in self.subsets():
             for augmentation in self.augmentations:
                 for arm in exp.arms:
                     for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
-                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation) for seed in exp.seeds)
+                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw)
+                                    for seed in exp.seeds)
         return runs
 
     def augmentation_only(self) -> frozenset[str]:
@@ -207,8 +240,10 @@ def prepare(run: Run) -> dict[str, Any]:
                     f"split")
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
-                       fractions=cfg.experiment.fractions, linked=linked)
+                       fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws)
     write_split(stage_dir / "splits.json", split)
+    if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
+        refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")
@@ -219,8 +254,9 @@ def prepare(run: Run) -> dict[str, Any]:
                               test_set.phantom_style)
             run.unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
                 d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})
-        extra[test_set.name] = len(run.extra_cases(test_set))
-        log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
+        if not cfg.evaluate.sealed:
+            extra[test_set.name] = len(run.extra_cases(test_set))
+            log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
     return {"n_cases": len(cases), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
             "extra_test_sets": extra}
 
@@ -248,8 +284,9 @@ def train_generator(run: Run) -> dict[str, Any]:
     from synthesis.train import LearnedGenerator
 
     results = {}
-    for fraction in run.cfg.experiment.fractions:
-        cases = run.patient_cases(run.fraction_patients(fraction))
+    for fraction, draw in run.subsets():
+        patients = run.fraction_patients(fraction, draw)  # this draw's patients only
+        cases = run.patient_cases(patients)
         masks = np.concatenate([c.mask for c in cases])
         images = np.concatenate([c.image for c in cases])
         for name in run.cfg.experiment.generators:
@@ -263,9 +300,8 @@ def train_generator(run: Run) -> dict[str, Any]:
                     generator.save(unit_dir / "generator.pt")
                 return dict(figures or {}, slices=int(len(masks)))
 
-            unit = f"f{fraction:g}/{name}"
-            key = stable_hash(run.keys["prepare"], run.fraction_patients(fraction), name, result_settings(gen_cfg),
-                              run.cfg.synthesis.seed)
+            unit = f"{subset_dir(fraction, draw)}/{name}"
+            key = stable_hash(run.keys["data"], patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
             learned = issubclass(REGISTRY[name], LearnedGenerator)
             results[unit] = {"key": key, **run.unit(run.stage_dir("train_generator") / unit, key, work,
@@ -281,19 +317,19 @@ def synthesize(run: Run) -> dict[str, Any]:
     scfg = run.cfg.synthesis
     generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
     results = {}
-    for fraction in run.cfg.experiment.fractions:
-        cases = run.patient_cases(run.fraction_patients(fraction))
+    for fraction, draw in run.subsets():
+        cases = run.patient_cases(run.fraction_patients(fraction, draw))
         for name in run.cfg.experiment.generators:
-            unit = f"f{fraction:g}/{name}"
+            unit = f"{subset_dir(fraction, draw)}/{name}"
             gen_unit = generated[unit]
 
-            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction) -> dict[str, Any]:
+            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction, draw=draw) -> dict[str, Any]:
                 generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
                 draws, rejects = draw_masks(scfg.masks.source_mix, cases, scfg.n_volumes, seed=scfg.seed,
                                             cfg=scfg.masks)
                 manifest = synthesize_dataset(generator, draws, unit_dir / "cases", seed=scfg.seed,
                                               generator_name=name)
-                synthetic_cases(run, fraction, name)  # preprocess once here, so the segmenters only read
+                synthetic_cases(run, fraction, name, draw)  # preprocess once here, so the segmenters only read
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
             key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, to_dict(scfg.masks))
@@ -301,7 +337,7 @@ def synthesize(run: Run) -> dict[str, Any]:
     return results
 
 
-def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedCase]:
+def synthetic_cases(run: Run, fraction: float, generator: str, draw: int = 0) -> list[PreparedCase]:
     """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit); for a
     mixture 'a+b', the volumes of every part (their case names start with `synth_<generator>_`, so they never
     collide)."""
@@ -309,8 +345,8 @@ def synthetic_cases(run: Run, fraction: float, generator: str) -> list[PreparedC
     from data.layouts import list_cases
 
     if "+" in generator:
-        return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part)]
-    root = run.stage_dir("synthesize") / f"f{fraction:g}" / generator / "cases"
+        return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part, draw)]
+    root = run.stage_dir("synthesize") / subset_dir(fraction, draw) / generator / "cases"
     return prepare_cases(list_cases(root, "acdc"), run.cfg.data.preprocess, root.parent / "cache")
 
 
@@ -318,7 +354,7 @@ def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
     """The key of the synthetic data a segmenter trains on: its synthesize unit's, or all of a mixture's parts'."""
     if not seg.generator:
         return None
-    keys = [synthesized[f"f{seg.fraction:g}/{part}"]["key"] for part in seg.generator.split("+")]
+    keys = [synthesized[f"{subset_dir(seg.fraction, seg.draw)}/{part}"]["key"] for part in seg.generator.split("+")]
     return keys[0] if len(keys) == 1 else stable_hash(*keys)
 
 
@@ -330,11 +366,11 @@ def train_segmenters(run: Run) -> dict[str, Any]:
     val_cases = run.patient_cases(run.split["val"])
     results = {}
     for seg in run.segmenters():
-        real_cases = run.patient_cases(run.fraction_patients(seg.fraction))
+        real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
         synth_key = synthetic_key(synth, seg)
 
         def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
-            synthetic = synthetic_cases(run, seg.fraction, seg.generator) if seg.generator else None
+            synthetic = synthetic_cases(run, seg.fraction, seg.generator, seg.draw) if seg.generator else None
             result = train_segmenter(seg.arm, real_cases, val_cases, seg.config(run.cfg.segmentation), unit_dir,
                                      synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
                                      dist=run.train_context())
@@ -343,8 +379,8 @@ def train_segmenters(run: Run) -> dict[str, Any]:
         settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
             settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
-        key = stable_hash(run.keys["prepare"], run.fraction_patients(seg.fraction), run.split["val"],
-                          dataclasses.asdict(seg), settings, synth_key)
+        key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
+                          seg.identity(), settings, synth_key)
         get_logger().info(f"train_segmenters {seg.name}")
         results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
     return results
@@ -352,17 +388,22 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
 def evaluate(run: Run) -> dict[str, Any]:
     """Every segmenter on the held-out test patients (per_case.csv, the experiment's answer) and on each extra
-    test set (per_case_extra.csv, robustness.csv: the same comparisons per shifted domain)."""
+    test set (per_case_extra.csv, robustness.csv: the same comparisons per shifted domain). With a sealed test
+    set (evaluate.sealed, no --unseal), on the validation patients instead, in units of their own (evaluate/
+    sealed_val/), and no extra test set: the same tables, read as validation results."""
     from data.io import write_csv
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
     from pipeline.report import read_table
-    from segmentation.statistics import compare_to_real, robustness_table, seed_table
+    from segmentation.statistics import compare_to_real, draw_table, robustness_table, seed_table
 
     stage_dir = run.stage_dir("evaluate")
     trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
-    test_sets = {"": (run.patient_cases(run.split["test"]), run.cfg.data.label_map)}
-    test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
+    scored = "test" if run.test_open else "val"
+    units_dir = stage_dir if run.test_open else stage_dir / "sealed_val"
+    test_sets = {"": (run.patient_cases(run.split[scored]), run.cfg.data.label_map)}
+    if run.test_open:
+        test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
     frames: dict[str, list[pd.DataFrame]] = {"per_case.csv": [], "per_case_extra.csv": []}
     for seg in run.segmenters():
         def work(unit_dir: Path, seg=seg) -> dict[str, Any]:
@@ -382,10 +423,11 @@ def evaluate(run: Run) -> dict[str, Any]:
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
         key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
-                          run.keys["prepare"])
-        run.unit(stage_dir / seg.name, key, work)
+                          run.keys["data"]) if run.test_open else \
+            stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
+        run.unit(units_dir / seg.name, key, work)
         for name, found in frames.items():
-            found.append(read_table(stage_dir / seg.name / name))
+            found.append(with_draw(read_table(units_dir / seg.name / name), seg.draw))
     status = segmenter_status(run)
     per_case = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
     exp = run.cfg.experiment
@@ -394,14 +436,25 @@ def evaluate(run: Run) -> dict[str, Any]:
     write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor,
                               augmentation_only=run.augmentation_only()), stage_dir / "statistics.csv")
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
+    write_csv(draw_table(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
+              stage_dir / "draws.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
-    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples),
+    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples,
+                               primary="test (in-domain)" if run.test_open else "validation (test set sealed)"),
               stage_dir / "robustness.csv")
-    return {"rows": int(len(per_case)), "extra_rows": int(len(extra))}
+    return {"rows": int(len(per_case)), "extra_rows": int(len(extra)), "scored": scored}
 
 
-STATUS_KEYS = ["fraction", "arm", "generator", "augmentation", "seed"]
+STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "seed"]
+
+
+def with_draw(frame: pd.DataFrame, draw: int) -> pd.DataFrame:
+    """A unit's table with its draw as a column after `fraction`: added when tables are gathered, so a unit's
+    own files (and a cached unit of a run from before draws existed) stay as they are."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("fraction") + 1 if "fraction" in frame else 0, "draw", int(draw))
+    return frame
 
 
 def segmenter_status(run: Run) -> pd.DataFrame:
@@ -413,8 +466,9 @@ def segmenter_status(run: Run) -> pd.DataFrame:
     for seg in run.segmenters():
         state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
                                  exp.plateau_window, exp.plateau_min_delta)
-        rows.append({"fraction": float(seg.fraction), "arm": seg.arm, "generator": seg.generator,
-                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged, "final_val_dice": state.final_val_dice,
+        rows.append({"fraction": float(seg.fraction), "draw": int(seg.draw), "arm": seg.arm, "generator": seg.generator,
+                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged,
+                     "final_val_dice": state.final_val_dice,
                      "best_val_dice": state.best_val_dice, "val_dice_recent_gain": state.recent_gain})
     return pd.DataFrame(rows, columns=STATUS_KEYS + ["converged", "final_val_dice", "best_val_dice",
                                                      "val_dice_recent_gain"])
@@ -426,6 +480,7 @@ def with_status(per_case: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
         return per_case
     frame = with_conditions(per_case).assign(fraction=per_case["fraction"].astype(float),
                                              seed=per_case["seed"].astype(int))
+    frame["draw"] = frame["draw"].astype(int)
     return frame.merge(status, on=STATUS_KEYS, how="left", validate="many_to_one")
 
 
@@ -443,13 +498,14 @@ def quality(run: Run) -> dict[str, Any]:
     generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
     val_cases = run.patient_cases(run.split["val"])
     frames = []
-    for fraction in run.cfg.experiment.fractions:
-        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0])
-        units = {name: f"f{fraction:g}/{name}" for name in run.cfg.experiment.generators}
+    for fraction, draw in run.subsets():
+        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0], draw)
+        folder = subset_dir(fraction, draw)
+        units = {name: f"{folder}/{name}" for name in run.cfg.experiment.generators}
 
         def work(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:
             model, _ = load_model(run.stage_dir("train_segmenters") / judge.name / "best.pt")
-            train_cases = run.patient_cases(run.fraction_patients(fraction))
+            train_cases = run.patient_cases(run.fraction_patients(fraction, judge.draw))
             reference = build_reference(model, val_cases, train_cases, qcfg)
             rows = [reference_row(reference).row]
             for name, unit in units.items():
@@ -471,11 +527,11 @@ def quality(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], to_dict(qcfg))
-        result = run.unit(stage_dir / f"f{fraction:g}", key, work)
+        result = run.unit(stage_dir / folder, key, work)
         for name in result.get("flagged", []):
-            get_logger().warning(f"quality: generator {name!r} at fraction {fraction:g} is flagged as memorising "
-                                 f"its training images (see quality/quality.csv)")
-        frames.append(read_table(stage_dir / f"f{fraction:g}" / "quality.csv"))
+            get_logger().warning(f"quality: generator {name!r} at {folder} is flagged as memorising its training "
+                                 f"images (see quality/quality.csv)")
+        frames.append(with_draw(read_table(stage_dir / folder / "quality.csv"), draw))
     table = pd.concat(frames, ignore_index=True)
     write_csv(table, stage_dir / "quality.csv")
     return {"rows": int(len(table))}
@@ -502,9 +558,12 @@ def stage_config(run: Run, stage: str) -> Any:
         "train_generator": lambda: {"synthesis": to_dict(cfg.synthesis), "generators": cfg.experiment.generators},
         "synthesize": lambda: to_dict(cfg.synthesis),
         "train_segmenters": lambda: {"segmentation": to_dict(cfg.segmentation), "experiment": to_dict(cfg.experiment)},
-        "evaluate": lambda: {"experiment": to_dict(cfg.experiment), "extra_test_sets": to_dict(cfg.data.extra_test_sets)},
+        "evaluate": lambda: {"experiment": to_dict(cfg.experiment),
+                             "extra_test_sets": to_dict(cfg.data.extra_test_sets),
+                             **({"scored": "test" if run.test_open else "val"} if cfg.evaluate.sealed else {})},
         "quality": lambda: {"quality": to_dict(cfg.quality), "experiment": to_dict(cfg.experiment)},
-        "report": lambda: {"profile": cfg.profile},
+        "report": lambda: {"profile": cfg.profile,
+                           **({"unsealed": len(unsealings(run))} if cfg.evaluate.sealed else {})},
     }[stage]()
 
 
@@ -514,8 +573,10 @@ UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("trai
 
 
 def stage_key(run: Run, stage: str) -> str:
-    if stage == "prepare":
-        return prepare_key(run)
+    if stage == "prepare":  # the draws are drawn by prepare but enter no unit key (each unit holds its patients)
+        run.keys["data"] = prepare_key(run)
+        draws = run.cfg.experiment.draws
+        return run.keys["data"] if draws == 1 else stable_hash(run.keys["data"], {"draws": draws})
     return stable_hash(stage, stage_config(run, stage), upstream_keys(run, stage))
 
 
@@ -539,7 +600,30 @@ def needed_stages(cfg: PipelineConfig) -> list[str]:
     return [s for s in STAGES if s not in skip]
 
 
-def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = ()) -> Run:
+def unsealings(run: Run) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/unsealed.json: every time this run directory's sealed test set was scored."""
+    path = run.run_dir / UNSEALED
+    return read_json(path) if path.is_file() else []
+
+
+def record_unsealing(run: Run, scored: bool) -> None:
+    """Append this `--unseal` to RUN_DIR/unsealed.json: UTC time, a hash of the config (what was run, no git
+    needed), the evaluate key and whether the test patients were scored now (False: an earlier scoring of the
+    same config was shown again). A published number can then show it came from one look."""
+    from datetime import datetime, timezone
+
+    from pipeline.cache import write_json
+
+    record = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "config_hash": stable_hash({k: v for k, v in to_dict(run.cfg).items() if k != "run_dir"}),
+              "evaluate_key": run.keys["evaluate"], "test_patients": len(run.split["test"]), "scored_now": scored}
+    write_json(run.run_dir / UNSEALED, unsealings(run) + [record])
+    get_logger().warning(f"test set unsealed: scored {'now' if scored else 'before (cached)'}, recorded in "
+                         f"{run.run_dir / UNSEALED} ({len(unsealings(run))} unsealing(s) so far)")
+
+
+def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = (),
+                 unseal: bool = False) -> Run:
     """Run (or resume) the stages in order; a current stage is skipped, a stale or forced one re-runs.
 
     Under torchrun every process calls this: the training stages use all of them (`launch.mode`), the other
@@ -549,7 +633,10 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
     from segmentation.runtime import limit_threads, thread_budget
 
     log = get_logger()
-    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg))
+    if unseal and not cfg.evaluate.sealed:
+        raise ConfigError("--unseal scores a sealed test set, but evaluate.sealed is false: this run reads its test "
+                          "patients anyway", keys=("evaluate.sealed",))
+    run = Run(cfg=cfg, run_dir=Path(cfg.run_dir), ctx=distributed_context(cfg), unseal=unseal)
     check_patient_count(run)
     threads = limit_threads()
     log.info(f"torch threads: {threads} per process (budget {thread_budget()}: this process's cores / processes "
@@ -573,6 +660,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
         run.keys[stage] = key
         if stage_current(stage_dir, key) is not None:
             log.info(f"[{stage}] up to date, skipped")
+            if stage == "evaluate" and run.unseal and run.ctx.is_main:
+                record_unsealing(run, scored=False)
             continue
         if stage not in wanted:
             raise RuntimeError(f"stage {stage!r} is needed by {wanted} but is not up to date; run it first "
@@ -587,6 +676,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
             write_stage_manifest(stage_dir, StageRecord(
                 stage=stage, key=key, config=stage_config(run, stage),
                 inputs=upstream_keys(run, stage), results=results, wall_s=wall))
+            if stage == "evaluate" and run.unseal:
+                record_unsealing(run, scored=True)
         run.ctx.barrier()
         log.info(f"[{stage}] done in {wall:.1f} s")
         if stage == wanted[-1]:

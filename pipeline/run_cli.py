@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
                    help="re-run this stage even if it is up to date (repeatable)")
     p.add_argument("--run-dir", type=Path, default=None, help="where outputs go (overrides run_dir)")
+    p.add_argument("--unseal", action="store_true",
+                   help="score the sealed test set (evaluate.sealed: true) once; recorded in RUN_DIR/unsealed.json")
     p.set_defaults(func=_run)
 
 
@@ -57,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
             log.warning(notice)
         log.info(f"cmr-synth run: config {args.config}, profile {cfg.profile}, run dir {cfg.run_dir}")
         try:
-            run = run_pipeline(cfg, stages=stages, force=tuple(args.force))
+            run = run_pipeline(cfg, stages=stages, force=tuple(args.force), unseal=args.unseal)
         except ConfigError as exc:  # the data disagrees with the config (e.g. too few patients for the split)
             raise blame(exc, str(args.config), overrides) from None
     report = Path(cfg.run_dir) / "report" / "report.html"

@@ -7,6 +7,12 @@ Two sources of variance matter and both are reported:
   sd, the count of positive seeds and a paired t-test p-value (with 3 seeds a rank test cannot go below
   p = 0.25, so a t-test is the usable test there).
 
+With several draws of training patients (`experiment.draws`) the design has a third level, and the draws are the
+replicates that matter at low data: which patients a network trains on moves Dice more than its seed does. The
+CI then comes from a hierarchical bootstrap (draws resampled, then test patients within each resampled draw,
+`hierarchical_bootstrap_ci`), the t-test runs over the (draw, seed) runs, and the positive draws are counted;
+`draw_table` gives each draw's own difference with its patient-bootstrap CI (the report's forest plot).
+
 A difference between networks that never converged, or against a real arm that segments badly, is noise with
 a confidence interval. When `per_case` carries the segmenters' `converged` flags (the evaluate stage adds
 them from each metrics.csv), every comparison says whether both arms converged and whether the real arm
@@ -19,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 CONDITION = ["fraction", "arm", "generator", "augmentation"]
+RUN = ["draw", "seed"]  # one segmenter of a condition: its draw of training patients and its seed
 STANDARD = "standard"  # the augmentation a run without the `augmentation` column used
 
 
@@ -29,8 +36,9 @@ def condition_label(arm: str, generator: str | None, augmentation: str | None = 
 
 def with_conditions(per_case: pd.DataFrame) -> pd.DataFrame:
     """`per_case` with every CONDITION column filled ('' generator for the real arm, standard augmentation for
-    tables written before augmentation settings existed)."""
+    tables written before augmentation settings existed) and its `draw` (0 for tables from before draws)."""
     frame = per_case.copy()
+    frame["draw"] = frame["draw"].fillna(0).astype(int) if "draw" in frame else 0
     frame["generator"] = frame["generator"].fillna("").astype(str) if "generator" in frame else ""
     frame["augmentation"] = frame["augmentation"].fillna(STANDARD).astype(str) if "augmentation" in frame \
         else STANDARD
@@ -85,21 +93,28 @@ def _has_validation(frame: pd.DataFrame) -> bool:
 
 
 def _validation_score(rows: pd.DataFrame) -> float:
-    """Mean over seeds of a condition's best validation Dice (one value per segmenter)."""
-    return float(rows.groupby("seed")["best_val_dice"].first().mean())
+    """Mean over draws and seeds of a condition's best validation Dice (one value per segmenter)."""
+    return float(rows.groupby(RUN)["best_val_dice"].first().mean())
 
 
 def paired_difference(other: pd.DataFrame, reference: pd.DataFrame, metric: str = "dice_mean", *,
                       n_boot: int = 2000, seed: int = 0) -> dict[str, object]:
-    """`other - reference` in `metric`, paired by test patient (bootstrap CI, Wilcoxon) and by seed (t-test)."""
+    """`other - reference` in `metric`, paired by test patient (bootstrap CI, Wilcoxon) and by run (draw x seed:
+    t-test). With several draws the CI is `hierarchical_bootstrap_ci` over the per-draw patient differences."""
     ref_by_patient = reference.groupby("patient")[metric].mean()
     by_patient = other.groupby("patient")[metric].mean()
     patients = ref_by_patient.index.intersection(by_patient.index)
     diff = (by_patient[patients] - ref_by_patient[patients]).to_numpy()
-    ref_by_seed, by_seed = reference.groupby("seed")[metric].mean(), other.groupby("seed")[metric].mean()
+    reference, other = with_conditions(reference), with_conditions(other)
+    ref_by_seed, by_seed = reference.groupby(RUN)[metric].mean(), other.groupby(RUN)[metric].mean()
     seeds = ref_by_seed.index.intersection(by_seed.index)
     seed_diff = (by_seed[seeds] - ref_by_seed[seeds]).to_numpy()
-    low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    per_draw = _draw_patient_diffs(other, reference, metric)
+    draw_diff = np.array([d.mean() for d in per_draw])
+    if len(per_draw) > 1:
+        low, high = hierarchical_bootstrap_ci(per_draw, n_boot=n_boot, seed=seed)
+    else:
+        low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
     return {
         "metric": metric, "n_patients": len(patients), "n_seeds": len(seeds),
         "reference_mean": float(ref_by_patient[patients].mean()) if len(patients) else np.nan,
@@ -111,7 +126,53 @@ def paired_difference(other: pd.DataFrame, reference: pd.DataFrame, metric: str 
         "seed_diff_sd": float(seed_diff.std(ddof=1)) if len(seed_diff) > 1 else np.nan,
         "seeds_positive": int((seed_diff > 0).sum()),
         "p_ttest_seeds": ttest_p(seed_diff),
+        "n_draws": len(per_draw), "draws_positive": int((draw_diff > 0).sum()),
+        "draw_diffs": ";".join(f"{d:+.4f}" for d in draw_diff),
+        "ci_method": "draw -> patient bootstrap" if len(per_draw) > 1 else "patient bootstrap",
     }
+
+
+def _draw_patient_diffs(other: pd.DataFrame, reference: pd.DataFrame, metric: str) -> list[np.ndarray]:
+    """Per draw (in draw order): the paired difference per test patient, each side averaged over its seeds and
+    phases within that draw."""
+    ref = reference.groupby(["draw", "patient"])[metric].mean()
+    mine = other.groupby(["draw", "patient"])[metric].mean()
+    both = (mine - ref).dropna()
+    return [group.to_numpy() for _, group in both.groupby(level="draw", sort=True)]
+
+
+def hierarchical_bootstrap_ci(groups: list[np.ndarray], *, n_boot: int = 2000, seed: int = 0,
+                              level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean over draws of each draw's mean patient difference (`groups`: one array of paired
+    patient differences per draw), resampling both levels: per resample, `rng.integers(0, D, D)` picks D draws,
+    then for each picked draw in turn `rng.integers(0, P, P)` picks P of its patients. Resampling the draws is what
+    carries the draw-to-draw variance into the interval; a patient bootstrap alone would ignore it."""
+    groups = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if len(groups) < 2:
+        return bootstrap_ci(groups[0] if groups else np.array([]), n_boot=n_boot, seed=seed, level=level)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(0, len(groups), size=len(groups))
+        means[b] = np.mean([groups[d][rng.integers(0, len(groups[d]), size=len(groups[d]))].mean()
+                            for d in picked])
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def draw_table(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot: int = 2000,
+               real_dice_floor: float = 0.0) -> pd.DataFrame:
+    """Per fraction x draw x condition: the paired difference to `real` on that draw alone (patient-bootstrap CI,
+    t-test over its seeds): the rows of the forest plot, so a reader sees whether the effect is consistent."""
+    frame = with_conditions(per_case)
+    tables = [compare_to_real(rows, metric, n_boot=n_boot, real_dice_floor=real_dice_floor).assign(draw=draw)
+              for draw, rows in frame.groupby("draw", sort=True)]
+    tables = [t[t["reference_kind"] == "real"] for t in tables if len(t)]
+    if not tables:
+        return pd.DataFrame(columns=["fraction", "draw"])
+    out = pd.concat(tables, ignore_index=True).drop(columns=["n_draws", "draws_positive", "draw_diffs", "ci_method"])
+    first = ["fraction", "draw", "arm", "generator", "augmentation"]
+    return out[first + [c for c in out.columns if c not in first]].sort_values(first, kind="stable")
 
 
 def trust(real: pd.DataFrame, compared: pd.DataFrame, real_dice_floor: float) -> dict[str, object]:
@@ -150,19 +211,19 @@ def ttest_p(diff: np.ndarray) -> float:
 
 
 def seed_table(per_case: pd.DataFrame, metric: str = "dice_mean") -> pd.DataFrame:
-    """Mean over patients per condition and seed, then mean ± sd over seeds."""
+    """Mean over patients per condition, draw and seed, then mean ± sd over the seeds of each draw."""
     frame = with_conditions(per_case)
-    per_seed = frame.groupby(CONDITION + ["seed"])[metric].mean().reset_index()
-    out = per_seed.groupby(CONDITION)[metric].agg(["mean", "std", "count"]).reset_index()
+    per_seed = frame.groupby(CONDITION + RUN)[metric].mean().reset_index()
+    out = per_seed.groupby(CONDITION + ["draw"])[metric].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_sd", "count": "n_seeds"})
-    if "converged" in frame:  # per segmenter (condition x seed): how many of the seeds had converged
-        status = frame.groupby(CONDITION + ["seed"]).agg(converged=("converged", "all"),
-                                                         final_val_dice=("final_val_dice", "first"),
-                                                         best_val_dice=("best_val_dice", "first"))
-        counts = status.groupby(CONDITION).agg(n_converged=("converged", "sum"),
-                                               final_val_dice_mean=("final_val_dice", "mean"),
-                                               best_val_dice_mean=("best_val_dice", "mean")).reset_index()
-        out = out.merge(counts, on=CONDITION, how="left")
+    if "converged" in frame:  # per segmenter (condition x draw x seed): how many of the seeds had converged
+        status = frame.groupby(CONDITION + RUN).agg(converged=("converged", "all"),
+                                                    final_val_dice=("final_val_dice", "first"),
+                                                    best_val_dice=("best_val_dice", "first"))
+        counts = status.groupby(CONDITION + ["draw"]).agg(
+            n_converged=("converged", "sum"), final_val_dice_mean=("final_val_dice", "mean"),
+            best_val_dice_mean=("best_val_dice", "mean")).reset_index()
+        out = out.merge(counts, on=CONDITION + ["draw"], how="left")
         out["n_converged"] = out["n_converged"].astype(int)
     return out
 
@@ -229,9 +290,18 @@ def _subject(arm: str, generator: str, augmentation: str) -> str:
 
 
 def _effect(row) -> str:
+    n_draws = int(getattr(row, "n_draws", 1) or 1)
+    draws = f"{int(getattr(row, 'draws_positive', int(row.diff_mean > 0)))}/{n_draws} draws positive"
+    if n_draws > 1:
+        return (f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}, "
+                f"bootstrap over draws, then test patients], {draws} of training patients, "
+                f"{row.seeds_positive}/{row.n_seeds} draw x seed runs positive, t-test over them "
+                f"p={_fmt_p(row.p_ttest_seeds)}, Wilcoxon p={_fmt_p(row.p_wilcoxon_patients)} over "
+                f"{row.n_patients} test patients")
     return (f"{100 * row.diff_mean:+.1f} points [95 % CI {100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], "
             f"Wilcoxon p={_fmt_p(row.p_wilcoxon_patients)} over {row.n_patients} test patients, "
-            f"{row.seeds_positive}/{row.n_seeds} seeds positive, t-test over seeds p={_fmt_p(row.p_ttest_seeds)}")
+            f"{row.seeds_positive}/{row.n_seeds} seeds positive, t-test over seeds p={_fmt_p(row.p_ttest_seeds)}, "
+            f"{draws} (one draw of training patients)")
 
 
 def _fmt_p(p: float) -> str:

@@ -131,3 +131,32 @@ def test_duplicate_images_are_found_by_voxels_not_file_bytes(tmp_path, rng):
     write_nifti(tmp_path / "b.nii", image, np.eye(4))  # other container, same voxels
     write_nifti(tmp_path / "c.nii.gz", image + 1, np.eye(4))
     assert voxel_sha1(tmp_path / "a.nii.gz") == voxel_sha1(tmp_path / "b.nii") != voxel_sha1(tmp_path / "c.nii.gz")
+
+
+def test_repeated_draws_are_disjoint_stratified_and_start_with_the_nested_subset(tmp_path):
+    split = make_split(IDS, SplitConfig(seed=3, n_test=20, n_val=10), strata=STRATA, fractions=[0.1, 1.0], draws=5)
+    draws = split.draws["0.1"]
+    assert draws["mode"] == "disjoint" and len(draws["patients"]) == 5
+    assert draws["patients"][0] == split.fractions["0.1"]  # draw 0 is today's subset
+    seen = [set(d) for d in draws["patients"]]
+    assert all(len(d) == 7 for d in seen) and len(set().union(*seen)) == 35  # 5 x 7, pairwise disjoint
+    assert set().union(*seen) <= set(split.train)  # never a validation or test patient
+    for draw in draws["patients"]:  # each window holds every group (7 patients over 5 groups: 1 or 2 each)
+        assert set(Counter(STRATA[p] for p in draw).values()) <= {1, 2} and len({STRATA[p] for p in draw}) == 5
+    assert split.draws["1.0"] == {"mode": "all", "patients": [split.train]}  # every patient: one draw
+    assert read_split(write_split(tmp_path, split)) == split
+
+
+def test_repeated_draws_are_independent_when_the_patients_do_not_suffice_and_keep_linked_pairs():
+    ids = [f"p{i:02d}" for i in range(30)]
+    linked = [{"p03", "p17"}]
+    for seed in range(10):
+        split = make_split(ids, SplitConfig(seed=seed, n_test=8, n_val=4), fractions=[0.4], linked=linked, draws=4)
+        draws = split.draws["0.4"]
+        assert draws["mode"] == "independent"  # 4 x 7 > 18 training patients
+        assert draws["patients"][0] == split.fractions["0.4"] and len(draws["patients"]) == 4
+        assert len({tuple(d) for d in draws["patients"]}) == 4  # no draw repeated
+        for members in draws["patients"]:
+            assert set(members) <= set(split.train)
+            assert linked[0] <= set(members) or not linked[0] & set(members)
+    assert make_split(ids, SplitConfig(seed=0, n_test=8, n_val=4), fractions=[0.4]).draws == {}  # one draw: none

@@ -41,30 +41,8 @@ def swap_rv_lv(path: Path) -> None:
     nib.save(nib.Nifti1Image(swapped, img.affine, img.header), path)
 
 
-@pytest.fixture(scope="module")
-def extra_sets(phantom_root, tmp_path_factory) -> tuple[str, ...]:
-    """Three extra test sets: two phantom patients as they are, the same two with RV/LV swapped in the files
-    (remapped back by label_map), and a generated phantom in another scanner style."""
-    base = tmp_path_factory.mktemp("extra")
-    for name in ("same", "swapped"):
-        for pid in ("patient005", "patient006"):
-            shutil.copytree(phantom_root / pid, base / name / pid)
-    for mask in (base / "swapped").rglob("*_gt.nii.gz"):
-        swap_rv_lv(mask)
-    return (f"data.extra_test_sets=[{{name: same, root: '{base / 'same'}'}}, {{name: swapped, root: "
-            f"'{base / 'swapped'}', label_map: {{1: 3, 2: 2, 3: 1}}}}, {{name: lowfield, phantom_style: "
-            f"lowfield_noisy, phantom_patients: 1}}]",)
-
-
 def done_stamps(run_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("done.json")}
-
-
-@pytest.fixture(scope="module")
-def finished(phantom_root, extra_sets, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets))
-    return run_dir
 
 
 def test_every_stage_writes_its_manifest(finished):
