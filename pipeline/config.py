@@ -21,7 +21,7 @@ import yaml
 
 from data.config import DataConfig
 from pipeline.errors import ConfigError
-from segmentation.config import SegmentationConfig
+from segmentation.config import AUGMENTATIONS, SegmentationConfig
 from synthesis.config import QualityConfig, SynthesisConfig
 
 ARMS = ("real", "real+synthetic", "synthetic")
@@ -48,7 +48,7 @@ class ExperimentConfig:
                 "generators' volumes (each one listed in generators), e.g. to combine one generator's variety "
                 "with another's realism"})
     augmentations: list[str] = field(default_factory=list, metadata={
-        "choices": ["standard", "strong"],
+        "choices": list(AUGMENTATIONS),
         "help": "segmenter augmentation settings compared side by side: every arm x generator x seed is trained "
                 "once per entry (e.g. [standard, strong]); empty = segmentation.augmentation alone"})
     bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})

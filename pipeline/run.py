@@ -440,7 +440,7 @@ def evaluate(run: Run) -> dict[str, Any]:
               stage_dir / "draws.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
     write_csv(extra, stage_dir / "per_case_extra.csv")
-    write_csv(robustness_table(per_case, extra, n_boot=run.cfg.experiment.bootstrap_samples,
+    write_csv(robustness_table(per_case, extra, n_boot=exp.bootstrap_samples,
                                primary="test (in-domain)" if run.test_open else "validation (test set sealed)"),
               stage_dir / "robustness.csv")
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra)), "scored": scored}
@@ -480,7 +480,6 @@ def with_status(per_case: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
         return per_case
     frame = with_conditions(per_case).assign(fraction=per_case["fraction"].astype(float),
                                              seed=per_case["seed"].astype(int))
-    frame["draw"] = frame["draw"].astype(int)
     return frame.merge(status, on=STATUS_KEYS, how="left", validate="many_to_one")
 
 
@@ -617,9 +616,10 @@ def record_unsealing(run: Run, scored: bool) -> None:
     record = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "config_hash": stable_hash({k: v for k, v in to_dict(run.cfg).items() if k != "run_dir"}),
               "evaluate_key": run.keys["evaluate"], "test_patients": len(run.split["test"]), "scored_now": scored}
-    write_json(run.run_dir / UNSEALED, unsealings(run) + [record])
+    records = unsealings(run) + [record]
+    write_json(run.run_dir / UNSEALED, records)
     get_logger().warning(f"test set unsealed: scored {'now' if scored else 'before (cached)'}, recorded in "
-                         f"{run.run_dir / UNSEALED} ({len(unsealings(run))} unsealing(s) so far)")
+                         f"{run.run_dir / UNSEALED} ({len(records)} unsealing(s) so far)")
 
 
 def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force: tuple[str, ...] = (),

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from segmentation.augmentation import STRONG
 
+AUGMENTATIONS = ("standard", "strong")  # segmentation.augmentation; experiment.augmentations sweeps them
+
 
 @dataclass
 class SegmentationConfig:
@@ -53,7 +55,7 @@ class SegmentationConfig:
     # --- augmentation (MONAI dict transforms; training only) ------------------------------------------
     augment: bool = field(default=True, metadata={"help": "random spatial + intensity augmentation"})
     augmentation: str = field(default="standard", metadata={
-        "choices": ["standard", "strong"],
+        "choices": list(AUGMENTATIONS),
         "help": "standard: the affine_prob ... noise_std settings below; strong: nnU-Net v2's 2D augmentation "
                 "(nnUNetTrainer.get_training_transforms; elastic from nnU-Net v1), adapted to [0, 1] images and a "
                 "canonical orientation, never mirrored (segmentation/augmentation.py says where each value comes "

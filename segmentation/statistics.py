@@ -156,8 +156,7 @@ def hierarchical_bootstrap_ci(groups: list[np.ndarray], *, n_boot: int = 2000, s
         picked = rng.integers(0, len(groups), size=len(groups))
         means[b] = np.mean([groups[d][rng.integers(0, len(groups[d]), size=len(groups[d]))].mean()
                             for d in picked])
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return percentile_ci(means, level)
 
 
 def draw_table(per_case: pd.DataFrame, metric: str = "dice_mean", *, n_boot: int = 2000,
@@ -192,6 +191,11 @@ def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: 
         return (np.nan, np.nan)
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    return percentile_ci(means, level)
+
+
+def percentile_ci(means: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap resample means."""
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
