@@ -36,8 +36,11 @@ class Split:
     test: list[str]
     seed: int
     fractions: dict[str, list[str]] = field(default_factory=dict)  # "0.1" -> training patients (nested)
-    # "0.1" -> {"mode": "disjoint" | "independent" | "all", "patients": [draw 0, draw 1, ...]}; draw 0 = fractions
+    # "0.1" -> {"mode": "disjoint" | "independent" | "all" | "cross-validation", "patients": [draw 0, draw 1, ...]}
+    # (draw 0 = fractions); under cross-validation also "folds": the test fold of each draw
     draws: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # outer cross-validation (`outer_folds`): the test patients of each fold; test = fold 0, train = the rest
+    test_folds: list[list[str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,8 +50,10 @@ class Split:
         try:
             return cls(train=sorted(d["train"]), val=sorted(d["val"]), test=sorted(d["test"]), seed=int(d["seed"]),
                        fractions={str(k): sorted(v) for k, v in d.get("fractions", {}).items()},
-                       draws={str(k): {"mode": str(v["mode"]), "patients": [sorted(p) for p in v["patients"]]}
-                              for k, v in d.get("draws", {}).items()})
+                       draws={str(k): {"mode": str(v["mode"]), "patients": [sorted(p) for p in v["patients"]],
+                                       **({"folds": [int(f) for f in v["folds"]]} if "folds" in v else {})}
+                              for k, v in d.get("draws", {}).items()},
+                       test_folds=[sorted(f) for f in d.get("test_folds", [])])
         except KeyError as exc:
             raise ValueError(f"split: missing key {exc.args[0]!r}") from exc
 
@@ -77,7 +82,7 @@ def stratified_order(ids: Iterable[str], rng: np.random.Generator,
 
 def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids: Iterable[str] | None = None,
                strata: dict[str, str] | None = None, fractions: Sequence[float] = (),
-               linked: Iterable[Iterable[str]] = (), draws: int = 1) -> Split:
+               linked: Iterable[Iterable[str]] = (), draws: int = 1, outer_folds: int = 1) -> Split:
     """Split patients into train/val/test with `cfg.seed`.
 
     `test_patient_ids` (a separate test root): test = those and `cfg.n_test` is ignored. `strata`: patient id
@@ -85,7 +90,8 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
     subsets (see `nested_fractions`). `linked`: groups of patients that must land on the same side (e.g. ACDC
     patient074 and patient076 hold identical images, see `duplicate_patients`); each group follows its member
     drawn first, so a side may hold one or two patients more than asked for. `draws` > 1: also draw that many
-    training subsets per fraction (`repeated_draws`).
+    training subsets per fraction (`repeated_draws`). `outer_folds` > 1 (no separate test root): outer
+    cross-validation (`cross_validation_folds`); the validation patients stay those of the plain split.
     """
     pool = sorted(set(patient_ids))
     rng = np.random.default_rng([int(cfg.seed), 0])
@@ -121,6 +127,18 @@ def make_split(patient_ids: Iterable[str], cfg: SplitConfig, *, test_patient_ids
             raise ValueError(f"split: keeping linked patients {[sorted(g) for g in groups]} together left no "
                              f"{'validation' if not val else 'training'} patient; raise n_val")
     split = Split(train=train, val=val, test=test, seed=int(cfg.seed))
+    if outer_folds > 1:
+        if test_patient_ids is not None:
+            raise ValueError("split: outer cross-validation folds the patients of data.root, but a separate test "
+                             "root was given")
+        folds = cross_validation_folds([pid for pid in order if pid not in set(val)], outer_folds, groups)
+        split = Split(train=sorted((set(test) | set(train)) - set(folds[0])), val=val, test=folds[0],
+                      seed=int(cfg.seed), test_folds=folds)
+        if fractions:
+            split.fractions = nested_fractions(split.train, list(fractions), cfg.seed, strata=strata, linked=groups)
+            split.draws = fold_draws(folds, list(fractions), cfg.seed, max(draws, outer_folds), strata=strata,
+                                     linked=groups)
+        return split
     if fractions:
         split.fractions = nested_fractions(train, list(fractions), cfg.seed, strata=strata, linked=groups)
     if fractions and draws > 1:
@@ -199,6 +217,51 @@ def repeated_draws(train_ids: Iterable[str], fractions: list[float], seed: int, 
                 if draw not in draws:
                     draws.append(draw)
         out[fraction_key(f)] = {"mode": mode, "patients": draws}
+    return out
+
+
+def cross_validation_folds(order: list[str], n_folds: int, linked: Iterable[set[str]] = ()) -> list[list[str]]:
+    """`order` (a stratified order of the patients outside validation) cut into `n_folds` contiguous windows of
+    near-equal size, so each fold holds every stratum in proportion; a `linked` group joins the fold of its
+    member that comes first in `order`."""
+    if n_folds > len(order):
+        raise ValueError(f"split: {n_folds} outer folds need at least {n_folds} patients outside validation, "
+                         f"found {len(order)}")
+    bounds = np.linspace(0, len(order), n_folds + 1).round().astype(int)
+    folds = [set(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    rank = {pid: i for i, pid in enumerate(order)}
+    for group in (set(g) & set(order) for g in linked):
+        if len(group) > 1:
+            target = next(f for f in folds if min(group, key=rank.__getitem__) in f)
+            for fold in folds:
+                fold -= group
+            target |= group
+    if not all(folds):
+        raise ValueError(f"split: keeping linked patients together left an outer fold empty; use fewer folds")
+    return [sorted(f) for f in folds]
+
+
+def fold_draws(folds: list[list[str]], fractions: list[float], seed: int, n_draws: int, *,
+               strata: dict[str, str] | None = None, linked: Iterable[set[str]] = ()) -> dict[str, dict[str, Any]]:
+    """Per fraction, `n_draws` draws under outer cross-validation: draw k is tested on fold k mod len(folds) and
+    trains on the fraction's share of the other folds' patients. Draw 0 is `nested_fractions`' subset of the
+    patients outside fold 0; later draws are prefixes of their own seeded stratified order (independent; a draw
+    equal to an earlier one on the same fold, e.g. every patient at fraction 1, is dropped)."""
+    everyone = sorted({pid for fold in folds for pid in fold})
+    out = {}
+    for f in sorted(fractions, key=float):
+        patients, fold_of = [], []
+        for k in range(n_draws):
+            fold = k % len(folds)
+            pool = sorted(set(everyone) - set(folds[fold]))
+            _, order, closure = _draw_order(pool, [f], seed, strata, linked)
+            if k:
+                order = stratified_order(pool, np.random.default_rng([int(seed), 2, k]), strata)
+            draw = closure(order[:_draw_size(f, pool)])
+            if not any(d == draw and g == fold for d, g in zip(patients, fold_of)):
+                patients.append(draw)
+                fold_of.append(fold)
+        out[fraction_key(f)] = {"mode": "cross-validation", "patients": patients, "folds": fold_of}
     return out
 
 

@@ -39,6 +39,12 @@ class ExperimentConfig:
                 "evaluation) is repeated on each; draw 0 is the nested subset, later draws are disjoint from "
                 "the earlier ones where the training patients allow, else independent seeded draws (prepare/"
                 "splits.json says which)"})
+    outer_folds: int = field(default=1, metadata={
+        "min": 1, "max": 20,
+        "help": "outer cross-validation of the test patients (no data.test_root): the patients outside "
+                "validation are cut into this many stratified folds; draw k is tested on fold k mod outer_folds and "
+                "trains on the other folds' patients (data.split.n_test is then not used; draws is raised to "
+                "outer_folds where lower, so every fold is tested). 1 = one fixed test set"})
     arms: list[str] = field(default_factory=lambda: ["real", "real+synthetic"], metadata={
         "choices": list(ARMS), "min_len": 1, "help": "training arms; real+synthetic/synthetic run once per generator"})
     generators: list[str] = field(default_factory=lambda: ["spade", "gmm"], metadata={
@@ -51,6 +57,17 @@ class ExperimentConfig:
         "choices": list(AUGMENTATIONS),
         "help": "segmenter augmentation settings compared side by side: every arm x generator x seed is trained "
                 "once per entry (e.g. [standard, strong]); empty = segmentation.augmentation alone"})
+    synthetic_ratios: list[float] = field(default_factory=list, metadata={
+        "min": 0.0, "max": 1.0,
+        "help": "synthetic shares tried for every real+synthetic arm, each a segmenter of its own (e.g. [0.2, "
+                "0.5]); empty = segmentation.synthetic_ratio alone. Which one a result uses is decided by "
+                "select_on, never by the test patients"})
+    select_on: str = field(default="val", metadata={
+        "choices": ["val", "none"],
+        "help": "how a swept knob (synthetic_ratios) gets its value, per fraction x draw x arm x generator x "
+                "augmentation: val = the value whose segmenters reach the best validation Dice (mean over seeds; "
+                "evaluate/selection.csv says what was chosen and on what); none = segmentation.synthetic_ratio, "
+                "fixed in advance. Every value tried is still scored (evaluate/variants.csv), never chosen there"})
     bootstrap_samples: int = field(default=2000, metadata={"min": 100, "help": "bootstrap resamples for the CIs"})
     plateau_window: int = field(default=3, metadata={
         "min": 1, "max": 100,
@@ -306,6 +323,26 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
                      f"data.preprocess.crop_size = {crop} must be divisible by the U-Net's "
                      f"downsampling factor {factor} (product of segmentation.strides); e.g. "
                      f"{crop - crop % factor or factor} or {crop - crop % factor + factor}")
+    exp = cfg.experiment
+    if exp.outer_folds > 1 and cfg.data.test_root:
+        raise _error(source, ("experiment.outer_folds", "data.test_root"),
+                     f"experiment.outer_folds = {exp.outer_folds} cross-validates the patients of data.root, but "
+                     f"data.test_root gives a separate test set: set one of them")
+    if exp.outer_folds > 1 and cfg.evaluate.sealed:
+        raise _error(source, ("experiment.outer_folds", "evaluate.sealed"),
+                     f"experiment.outer_folds = {exp.outer_folds}: every patient outside validation trains in some "
+                     f"fold, so there is no test set to seal; set evaluate.sealed to false or outer_folds to 1")
+    if exp.synthetic_ratios and "real+synthetic" not in exp.arms:
+        raise _error(source, ("experiment.synthetic_ratios", "experiment.arms"),
+                     f"experiment.synthetic_ratios {exp.synthetic_ratios} are synthetic shares of the real+synthetic "
+                     f"arm, which experiment.arms {exp.arms} does not run")
+    if len(set(exp.synthetic_ratios)) != len(exp.synthetic_ratios):
+        raise _error(source, "experiment.synthetic_ratios",
+                     f"experiment.synthetic_ratios {exp.synthetic_ratios} lists a value twice")
+    if exp.select_on == "none" and exp.synthetic_ratios and seg.synthetic_ratio not in exp.synthetic_ratios:
+        raise _error(source, ("experiment.select_on", "experiment.synthetic_ratios", "segmentation.synthetic_ratio"),
+                     f"experiment.select_on = none keeps segmentation.synthetic_ratio = {seg.synthetic_ratio:g}, "
+                     f"which experiment.synthetic_ratios {exp.synthetic_ratios} does not try; add it there")
     needs_generators = any(arm != "real" for arm in cfg.experiment.arms)
     if needs_generators and not cfg.experiment.generators:
         raise _error(source, ("experiment.generators", "experiment.arms"),

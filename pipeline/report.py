@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 DRAW_MODES = {"disjoint": "pairwise disjoint (no patient in two draws)",
               "independent": "independent seeded draws (too few training patients for disjoint ones: draws may "
                              "share patients)",
-              "all": "every training patient (one draw)"}
+              "all": "every training patient (one draw)",
+              "cross-validation": "outer cross-validation: each draw is tested on its own fold of the patients "
+                                  "outside validation and trains on the other folds' patients (independent draws)"}
 MASK_COLOURS = {1: (0.2, 0.6, 1.0), 2: (0.2, 0.9, 0.3), 3: (1.0, 0.3, 0.3)}  # RV blue, MYO green, LV red
 
 
@@ -124,8 +126,11 @@ def write_report(run: "Run") -> dict[str, Path]:
     for fraction, draws in split.get("draws", {}).items():
         doc.para(f"Fraction {fraction}: {len(draws['patients'])} draws of the training patients, "
                  + DRAW_MODES[draws["mode"]] + "; generators and segmenters of a draw train on its patients only "
-                 "(prepare/splits.json): " + "; ".join(f"draw {k}: {', '.join(p)}"
-                                                       for k, p in enumerate(draws["patients"])) + ".")
+                 "(prepare/splits.json): " + "; ".join(
+                     f"draw {k}: {', '.join(p)}" + (f" (tested on fold {draws['folds'][k]})" if "folds" in draws else "")
+                     for k, p in enumerate(draws["patients"])) + ".")
+    for k, fold in enumerate(split.get("test_folds") or []):
+        doc.para(f"Outer fold {k} (test patients of its draws): {', '.join(fold)}.")
     source = run.cfg.data.root or f"embedded phantom ({run.cfg.data.phantom_patients} patients, seed "\
                                    f"{run.cfg.data.phantom_seed})"
     doc.para(f"Source: {source}. Test set: {run.cfg.data.test_root or 'held-out patients of the same root'}.")
@@ -172,6 +177,7 @@ def write_report(run: "Run") -> dict[str, Path]:
             doc.figure(_forest(draws, comparison), "forest", "Difference in mean Dice to real, one row per draw "
                        "of training patients (95 % CI over test patients), and the pooled estimate (diamond; "
                        "95 % CI over draws, then patients). Rows left of 0: the draw lost.")
+    _selection_section(doc, ev)
     doc.figure(_dice_vs_fraction(per_case, run.cfg.experiment.bootstrap_samples), "dice_vs_fraction",
                "Mean Dice vs real-data fraction; bands: bootstrap 95 % CI over test patients.")
     doc.figure(_boxplots(per_case), "boxplots", "Dice per structure and condition (one point per test "
@@ -249,6 +255,20 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
 SEALED = ("TEST SET SEALED (evaluate.sealed): no test patient was read; every number in this report is on the "
           "validation patients, which also chose each segmenter's checkpoint and the best augmentation-only arm, so "
           "they are optimistic. `cmr-synth run CONFIG --unseal` scores the test set once, and records it.")
+
+
+def _selection_section(doc: _Doc, ev: Path) -> None:
+    """What a swept knob was set to for each result, and on what it was chosen (evaluate/selection.csv)."""
+    if not (ev / "selection.csv").is_file():
+        return
+    selection = read_table(ev / "selection.csv")
+    doc.heading("Choices made on validation")
+    doc.para("Each real+synthetic arm was trained with every synthetic share of experiment.synthetic_ratios; every "
+             "result above uses the share in `chosen`, picked per fraction x draw x generator x augmentation as "
+             "`chosen_on` says, never on the test patients (val_dice: each share's validation Dice; the test "
+             "scores of all shares are in evaluate/variants.csv, for the record only).")
+    if len(selection):
+        doc.table(selection)
 
 
 def _seal_section(doc: _Doc, run: "Run") -> None:

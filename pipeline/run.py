@@ -48,22 +48,32 @@ class Segmenter:
     seed: int
     augmentation: str = "standard"  # segmentation.augmentation this segmenter trains with
     draw: int = 0  # which draw of the fraction's training patients (experiment.draws)
+    # A synthetic share of experiment.synthetic_ratios other than segmentation.synthetic_ratio; None: that one
+    synthetic_ratio: float | None = None
 
     @property
     def name(self) -> str:
         arm = self.arm.replace("+", "_plus_")
         aug = "" if self.augmentation == "standard" else f"_aug-{self.augmentation}"  # standard: the old names
+        share = "" if self.synthetic_ratio is None else f"_share{self.synthetic_ratio:g}"
         return f"{subset_dir(self.fraction, self.draw)}/{arm}{'-' + self.generator if self.generator else ''}" \
-               f"{aug}/seed{self.seed}"
+               f"{aug}{share}/seed{self.seed}"
 
     def identity(self) -> dict[str, Any]:
         """What a unit key holds of this segmenter: not the draw, whose patients are in the key themselves, so
-        draw 0 keeps the keys of a run from before draws existed."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "draw"}
+        draw 0 keeps the keys of a run from before draws existed; the synthetic share only where it is swept
+        (it is in the settings of the key anyway)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k != "draw" and not (k == "synthetic_ratio" and v is None)}
 
     def config(self, cfg: SegmentationConfig) -> SegmentationConfig:
         """The segmentation settings this segmenter trains with."""
-        return dataclasses.replace(cfg, augmentation=self.augmentation)
+        share = {} if self.synthetic_ratio is None else {"synthetic_ratio": self.synthetic_ratio}
+        return dataclasses.replace(cfg, augmentation=self.augmentation, **share)
+
+    def share(self, cfg: SegmentationConfig) -> float:
+        """The share of synthetic samples in its batches: 0 for the real arm, 1 for the synthetic arm."""
+        return {"real": 0.0, "synthetic": 1.0}.get(self.arm, float(self.config(cfg).synthetic_ratio))
 
 
 def subset_dir(fraction: float, draw: int = 0) -> str:
@@ -181,6 +191,16 @@ class Run:
             return self.split["fractions"][fraction_key(fraction)]
         return self.split["draws"][fraction_key(fraction)]["patients"][draw]
 
+    def test_patients(self, fraction: float, draw: int = 0) -> list[str]:
+        """The patients draw `draw` of `fraction` is tested on: the test set, or under outer cross-validation
+        (experiment.outer_folds) its draw's fold."""
+        from data.splits import fraction_key
+
+        folds = self.split.get("test_folds") or []
+        if not folds:
+            return self.split["test"]
+        return folds[self.split["draws"][fraction_key(fraction)]["folds"][draw]]
+
     def subsets(self) -> list[tuple[float, int]]:
         """(fraction, draw) of every training subset the study is repeated on, in order."""
         from data.splits import fraction_key
@@ -201,9 +221,16 @@ class Run:
             for augmentation in self.augmentations:
                 for arm in exp.arms:
                     for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
-                        runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw)
-                                    for seed in exp.seeds)
+                        for share in self.swept_shares() if arm == "real+synthetic" else [None]:
+                            runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw, share)
+                                        for seed in exp.seeds)
         return runs
+
+    def swept_shares(self) -> list[float | None]:
+        """The synthetic shares a real+synthetic arm is trained with (experiment.synthetic_ratios): None stands
+        for segmentation.synthetic_ratio, whose segmenters keep the names and keys of a run without the sweep."""
+        base = self.cfg.segmentation.synthetic_ratio
+        return [None if r == base else float(r) for r in self.cfg.experiment.synthetic_ratios] or [None]
 
     def augmentation_only(self) -> frozenset[str]:
         """Generators whose images are real slices only transformed (e.g. `warp`): arms that add no new images."""
@@ -240,7 +267,8 @@ def prepare(run: Run) -> dict[str, Any]:
                     f"split")
     split = make_split(sorted({r.patient_id for r in refs}), cfg.data.split,
                        test_patient_ids=sorted({r.patient_id for r in test_refs}) or None, strata=strata,
-                       fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws)
+                       fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws,
+                       outer_folds=cfg.experiment.outer_folds)
     write_split(stage_dir / "splits.json", split)
     if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
         refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
@@ -395,18 +423,21 @@ def evaluate(run: Run) -> dict[str, Any]:
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
     from pipeline.report import read_table
+    from segmentation.selection import select_variants
     from segmentation.statistics import compare_to_real, draw_table, robustness_table, seed_table
 
     stage_dir = run.stage_dir("evaluate")
     trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
     scored = "test" if run.test_open else "val"
     units_dir = stage_dir if run.test_open else stage_dir / "sealed_val"
-    test_sets = {"": (run.patient_cases(run.split[scored]), run.cfg.data.label_map)}
-    if run.test_open:
-        test_sets.update({t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets})
+    extra_sets = {t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets} \
+        if run.test_open else {}
     frames: dict[str, list[pd.DataFrame]] = {"per_case.csv": [], "per_case_extra.csv": []}
     for seg in run.segmenters():
-        def work(unit_dir: Path, seg=seg) -> dict[str, Any]:
+        scored_patients = run.test_patients(seg.fraction, seg.draw) if run.test_open else run.split["val"]
+        test_sets = {"": (run.patient_cases(scored_patients), run.cfg.data.label_map), **extra_sets}
+
+        def work(unit_dir: Path, seg=seg, test_sets=test_sets) -> dict[str, Any]:
             model, _ = load_model(run.stage_dir("train_segmenters") / seg.name / "best.pt")
             extra = []
             for name, (cases, label_map) in test_sets.items():
@@ -422,15 +453,21 @@ def evaluate(run: Run) -> dict[str, Any]:
                       unit_dir / "per_case_extra.csv")
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
-        key = stable_hash(trained[seg.name]["key"], run.split["test"], to_dict(run.cfg.data.extra_test_sets),
+        key = stable_hash(trained[seg.name]["key"], scored_patients, to_dict(run.cfg.data.extra_test_sets),
                           run.keys["data"]) if run.test_open else \
             stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
         run.unit(units_dir / seg.name, key, work)
         for name, found in frames.items():
-            found.append(with_draw(read_table(units_dir / seg.name / name), seg.draw))
+            found.append(with_share(with_draw(read_table(units_dir / seg.name / name), seg.draw),
+                                    seg.share(run.cfg.segmentation)))
     status = segmenter_status(run)
-    per_case = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
+    variants = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
     exp = run.cfg.experiment
+    per_case, selection = select_variants(variants, select_on=exp.select_on,
+                                          default=float(run.cfg.segmentation.synthetic_ratio))
+    if exp.synthetic_ratios:  # every value tried, and which one each result uses (chosen on validation)
+        write_csv(variants, stage_dir / "variants.csv")
+        write_csv(selection, stage_dir / "selection.csv")
     write_csv(per_case, stage_dir / "per_case.csv")
     write_csv(summarize(per_case), stage_dir / "summary.csv")
     write_csv(compare_to_real(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor,
@@ -439,6 +476,8 @@ def evaluate(run: Run) -> dict[str, Any]:
     write_csv(draw_table(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
               stage_dir / "draws.csv")
     extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
+    if len(extra) and len(selection):  # the extra test sets see the segmenters chosen on validation, too
+        extra = extra.merge(per_case[STATUS_KEYS].drop_duplicates(), on=STATUS_KEYS, how="inner")
     write_csv(extra, stage_dir / "per_case_extra.csv")
     write_csv(robustness_table(per_case, extra, n_boot=exp.bootstrap_samples,
                                primary="test (in-domain)" if run.test_open else "validation (test set sealed)"),
@@ -446,7 +485,7 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra)), "scored": scored}
 
 
-STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "seed"]
+STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "synthetic_ratio", "seed"]
 
 
 def with_draw(frame: pd.DataFrame, draw: int) -> pd.DataFrame:
@@ -454,6 +493,15 @@ def with_draw(frame: pd.DataFrame, draw: int) -> pd.DataFrame:
     own files (and a cached unit of a run from before draws existed) stay as they are."""
     frame = frame.copy()
     frame.insert(frame.columns.get_loc("fraction") + 1 if "fraction" in frame else 0, "draw", int(draw))
+    return frame
+
+
+def with_share(frame: pd.DataFrame, share: float) -> pd.DataFrame:
+    """A unit's table with its segmenter's synthetic share (`Segmenter.share`) as a column after
+    `augmentation`, added when tables are gathered (like `with_draw`)."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("augmentation") + 1 if "augmentation" in frame else len(frame.columns),
+                 "synthetic_ratio", float(share))
     return frame
 
 
@@ -467,7 +515,8 @@ def segmenter_status(run: Run) -> pd.DataFrame:
         state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
                                  exp.plateau_window, exp.plateau_min_delta)
         rows.append({"fraction": float(seg.fraction), "draw": int(seg.draw), "arm": seg.arm, "generator": seg.generator,
-                     "augmentation": seg.augmentation, "seed": int(seg.seed), "converged": state.converged,
+                     "augmentation": seg.augmentation, "synthetic_ratio": seg.share(run.cfg.segmentation),
+                     "seed": int(seg.seed), "converged": state.converged,
                      "final_val_dice": state.final_val_dice,
                      "best_val_dice": state.best_val_dice, "val_dice_recent_gain": state.recent_gain})
     return pd.DataFrame(rows, columns=STATUS_KEYS + ["converged", "final_val_dice", "best_val_dice",
@@ -574,8 +623,9 @@ UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("trai
 def stage_key(run: Run, stage: str) -> str:
     if stage == "prepare":  # the draws are drawn by prepare but enter no unit key (each unit holds its patients)
         run.keys["data"] = prepare_key(run)
-        draws = run.cfg.experiment.draws
-        return run.keys["data"] if draws == 1 else stable_hash(run.keys["data"], {"draws": draws})
+        draws, folds = run.cfg.experiment.draws, run.cfg.experiment.outer_folds
+        return run.keys["data"] if draws == folds == 1 else stable_hash(
+            run.keys["data"], {"draws": draws, **({"outer_folds": folds} if folds > 1 else {})})
     return stable_hash(stage, stage_config(run, stage), upstream_keys(run, stage))
 
 

@@ -160,3 +160,38 @@ def test_repeated_draws_are_independent_when_the_patients_do_not_suffice_and_kee
             assert set(members) <= set(split.train)
             assert linked[0] <= set(members) or not linked[0] & set(members)
     assert make_split(ids, SplitConfig(seed=0, n_test=8, n_val=4), fractions=[0.4]).draws == {}  # one draw: none
+
+
+def test_outer_folds_partition_the_patients_outside_validation_and_each_draw_trains_off_its_fold(tmp_path):
+    cfg = SplitConfig(seed=3, n_test=18, n_val=10)
+    plain = make_split(IDS, cfg, strata=STRATA, fractions=[0.1, 1.0])
+    split = make_split(IDS, cfg, strata=STRATA, fractions=[0.1, 1.0], draws=3, outer_folds=5)
+    assert split.val == plain.val  # the validation patients do not move
+    folds = [set(f) for f in split.test_folds]
+    assert len(folds) == 5 and all(len(f) == 18 for f in folds)
+    assert set().union(*folds) == set(IDS) - set(split.val) and sum(map(len, folds)) == 90  # a partition
+    for fold in folds:  # stratified: 18 patients over 5 groups of equal size, 3 or 4 each
+        assert set(Counter(STRATA[p] for p in fold).values()) <= {3, 4}
+    assert split.test == split.test_folds[0] and set(split.train) == set(IDS) - set(split.val) - folds[0]
+    draws = split.draws["0.1"]
+    assert draws["mode"] == "cross-validation" and draws["folds"] == [0, 1, 2, 3, 4]  # draws raised to the folds
+    assert draws["patients"][0] == split.fractions["0.1"]  # draw 0 is the nested subset of the plain split
+    for members, fold in zip(draws["patients"], draws["folds"]):
+        assert len(members) == 7 and not set(members) & (folds[fold] | set(split.val))
+    full = split.draws["1.0"]  # every patient of the other folds: one draw per fold
+    assert full["folds"] == [0, 1, 2, 3, 4]
+    assert [set(p) for p in full["patients"]] == [set(IDS) - set(split.val) - f for f in folds]
+    assert read_split(write_split(tmp_path, split)) == split
+
+
+def test_outer_folds_keep_linked_patients_in_one_fold_and_refuse_a_separate_test_root():
+    ids = [f"p{i:02d}" for i in range(30)]
+    linked = [{"p03", "p17"}]
+    for seed in range(10):
+        split = make_split(ids, SplitConfig(seed=seed, n_test=8, n_val=4), fractions=[0.4], linked=linked,
+                           draws=6, outer_folds=3)
+        assert sum(bool(linked[0] & set(f)) for f in split.test_folds) <= 1
+        for members in split.draws["0.4"]["patients"]:
+            assert linked[0] <= set(members) or not linked[0] & set(members)
+    with pytest.raises(ValueError, match="separate test root"):
+        make_split(ids, SplitConfig(seed=0, n_test=8, n_val=4), test_patient_ids=["q1"], outer_folds=3)

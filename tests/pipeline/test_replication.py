@@ -152,3 +152,84 @@ def test_unseal_needs_a_sealed_test_set(phantom_root, tmp_path):
     with pytest.raises(ConfigError, match="evaluate.sealed is false"):
         run_pipeline(tiny_config(phantom_root, tmp_path / "run"), unseal=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def two_shares(phantom_root, extra_sets, finished, tmp_path_factory):
+    """The finished tiny run (synthetic share 0.5) with the share swept over [0.25, 0.5]."""
+    run_dir = tmp_path_factory.mktemp("shares") / "run"
+    shutil.copytree(finished, run_dir)
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "experiment.synthetic_ratios=[0.25, 0.5]"))
+    return run_dir, before
+
+
+def test_a_swept_share_trains_only_the_new_values_and_keeps_every_unit_it_had(two_shares):
+    run_dir, before = two_shares
+    after = done_stamps(run_dir)
+    assert {k: after[k] for k in before if k.startswith("train_")} == \
+        {k: v for k, v in before.items() if k.startswith("train_")}
+    trained = sorted(k for k in set(after) - set(before) if k.startswith("train_segmenters/"))
+    assert trained == ["train_segmenters/f0.5/real_plus_synthetic-gmm_share0.25/seed0/done.json",
+                       "train_segmenters/f1/real_plus_synthetic-gmm_share0.25/seed0/done.json"]
+
+
+def test_the_share_is_chosen_on_validation_and_every_result_uses_the_chosen_one(two_shares):
+    from segmentation.train import read_convergence
+
+    run_dir, _ = two_shares
+    selection = pd.read_csv(run_dir / "evaluate" / "selection.csv")
+    assert len(selection) == 2 and set(selection["knob"]) == {"synthetic_ratio"}
+    for row in selection.itertuples():
+        folder = run_dir / "train_segmenters" / f"f{row.fraction:g}"
+        best = {share: read_convergence(folder / name / "seed0" / "metrics.csv", 3, 0.01).best_val_dice
+                for share, name in ((0.25, "real_plus_synthetic-gmm_share0.25"), (0.5, "real_plus_synthetic-gmm"))}
+        assert row.chosen == max(best, key=lambda s: (best[s], -s))  # by hand: the best validation Dice
+    variants = pd.read_csv(run_dir / "evaluate" / "variants.csv")
+    assert set(variants.loc[variants["arm"] == "real+synthetic", "synthetic_ratio"]) == {0.25, 0.5}
+    chosen = dict(zip(selection["fraction"], selection["chosen"]))
+    for name in ("per_case.csv", "per_case_extra.csv"):
+        table = pd.read_csv(run_dir / "evaluate" / name)
+        mixed = table[table["arm"] == "real+synthetic"]
+        assert (mixed["synthetic_ratio"] == mixed["fraction"].map(chosen)).all(), name
+        assert set(table.loc[table["arm"] == "real", "synthetic_ratio"]) == {0.0}
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "Choices made on validation" in md and "never on the test patients" in md
+
+
+def test_a_swept_share_needs_the_arm_it_belongs_to(phantom_root, tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="experiment.synthetic_ratios"):
+        tiny_config(phantom_root, tmp_path, "experiment.arms=[real]", "experiment.synthetic_ratios=[0.2, 0.5]")
+    with pytest.raises(ConfigError, match="does not try"):
+        tiny_config(phantom_root, tmp_path, "experiment.select_on=none", "experiment.synthetic_ratios=[0.2, 0.3]")
+
+
+def test_outer_cross_validation_tests_each_draw_on_its_own_fold(phantom_root, tmp_path):
+    run_dir = tmp_path / "cv"
+    run_pipeline(tiny_config(phantom_root, run_dir, "experiment.fractions=[1.0]", "experiment.outer_folds=2",
+                             "data.extra_test_sets=[]", "quality.enabled=false"))
+    split = json.loads((run_dir / "prepare" / "splits.json").read_text())
+    folds = split["test_folds"]
+    assert len(folds) == 2 and set(folds[0]) | set(folds[1]) == set(split["train"]) | set(split["test"])
+    per_case = pd.read_csv(run_dir / "evaluate" / "per_case.csv")
+    for draw, fold in enumerate(split["draws"]["1.0"]["folds"]):
+        assert set(per_case.loc[per_case["draw"] == draw, "patient"]) == set(folds[fold])
+        trained_on = split["draws"]["1.0"]["patients"][draw]
+        assert not set(trained_on) & set(folds[fold]) and not set(trained_on) & set(split["val"])
+    assert set(per_case["patient"]) == set(folds[0]) | set(folds[1])  # every patient outside validation, once
+    stats = pd.read_csv(run_dir / "evaluate" / "statistics.csv")
+    row = stats[(stats["reference_kind"] == "real")].iloc[0]
+    assert row["n_draws"] == 2 and row["n_patients"] == len(set(per_case["patient"]))
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "outer cross-validation" in md and "Outer fold 1" in md
+
+
+def test_outer_cross_validation_refuses_a_sealed_or_separate_test_set(phantom_root, tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no test set to seal"):
+        tiny_config(phantom_root, tmp_path, "experiment.outer_folds=2", "evaluate.sealed=true")
+    with pytest.raises(ConfigError, match="data.test_root"):
+        tiny_config(phantom_root, tmp_path, "experiment.outer_folds=2", f"data.test_root={phantom_root}")
