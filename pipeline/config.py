@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from data.config import DataConfig
+from data.settings import RUNTIME, role
 from pipeline.errors import ConfigError
 from segmentation.config import AUGMENTATIONS, SegmentationConfig
 from synthesis.config import QualityConfig, SynthesisConfig
@@ -411,7 +412,8 @@ def to_dict(cfg: Any) -> Any:
 
 
 def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """(key, help, default) for every key: used to check that pipeline.yaml documents each one."""
+    """(key, help, default) for every key: used to check that pipeline.yaml documents each one (a runtime
+    setting's help starts with "[runtime] ", as its comment there does)."""
     rows = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
@@ -419,7 +421,8 @@ def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, st
             rows.extend(describe(hint, f"{prefix}{f.name}."))
         else:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), default))
+            rows.append((f"{prefix}{f.name}", ("[runtime] " if role(f) == RUNTIME else "") + f.metadata.get("help", ""),
+                         default))
     return rows
 
 
@@ -432,7 +435,8 @@ def documented_yaml(cls: type = PipelineConfig, indent: int = 0) -> str:
         hint = hints[f.name]
         help_text = f.metadata.get("help", "")
         allowed = f.metadata.get("choices")
-        comment = help_text + (f" (one of: {', '.join(map(str, allowed))})" if allowed else "")
+        comment = ("[runtime] " if role(f) == RUNTIME else "") + help_text + \
+            (f" (one of: {', '.join(map(str, allowed))})" if allowed else "")
         if dataclasses.is_dataclass(hint):
             doc = (hint.__doc__ or "").strip().splitlines()[0] if hint.__doc__ else ""
             if doc and not doc.startswith(hint.__name__ + "("):

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from data.config import TestSetConfig
+from data.settings import result_settings
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
                             unit_done, write_stage_manifest)
@@ -28,10 +29,6 @@ from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
 
-# Settings that change how fast or how visibly a unit is computed, not its result: left out of unit keys, so a
-# run moved to a GPU (or given more loader workers) keeps its cached units. Checkpoints resume across them too.
-RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
-                              "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
 SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
 UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
@@ -303,7 +300,7 @@ def prepare_key(run: Run) -> str:
                 if path is not None:
                     stat = Path(path).stat()
                     files.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return stable_hash(to_dict(cfg), run.cfg.experiment.fractions, files)
+    return stable_hash(result_settings(cfg), run.cfg.experiment.fractions, files)
 
 
 def train_generator(run: Run) -> dict[str, Any]:
@@ -360,7 +357,7 @@ def synthesize(run: Run) -> dict[str, Any]:
                 synthetic_cases(run, fraction, name, draw)  # preprocess once here, so the segmenters only read
                 return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
 
-            key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, to_dict(scfg.masks))
+            key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, result_settings(scfg.masks))
             results[unit] = {"key": key, **run.unit(run.stage_dir("synthesize") / unit, key, work)}
     return results
 
@@ -453,7 +450,7 @@ def evaluate(run: Run) -> dict[str, Any]:
                       unit_dir / "per_case_extra.csv")
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
-        key = stable_hash(trained[seg.name]["key"], scored_patients, to_dict(run.cfg.data.extra_test_sets),
+        key = stable_hash(trained[seg.name]["key"], scored_patients, result_settings(run.cfg.data.extra_test_sets),
                           run.keys["data"]) if run.test_open else \
             stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
         run.unit(units_dir / seg.name, key, work)
@@ -574,7 +571,7 @@ def quality(run: Run) -> dict[str, Any]:
                                                              "generator"].tolist()}
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
-                          run.split["val"], to_dict(qcfg))
+                          run.split["val"], result_settings(qcfg))
         result = run.unit(stage_dir / folder, key, work)
         for name in result.get("flagged", []):
             get_logger().warning(f"quality: generator {name!r} at {folder} is flagged as memorising its training "
@@ -601,15 +598,17 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
 def stage_config(run: Run, stage: str) -> Any:
     """The config section(s) a stage's key is made of (its inputs are the upstream keys)."""
     cfg = run.cfg
+    settings = result_settings  # runtime settings (data.settings) enter no key: flipping one re-runs nothing
     return {
-        "prepare": lambda: to_dict(cfg.data),
-        "train_generator": lambda: {"synthesis": to_dict(cfg.synthesis), "generators": cfg.experiment.generators},
-        "synthesize": lambda: to_dict(cfg.synthesis),
-        "train_segmenters": lambda: {"segmentation": to_dict(cfg.segmentation), "experiment": to_dict(cfg.experiment)},
-        "evaluate": lambda: {"experiment": to_dict(cfg.experiment),
-                             "extra_test_sets": to_dict(cfg.data.extra_test_sets),
+        "prepare": lambda: settings(cfg.data),
+        "train_generator": lambda: {"synthesis": settings(cfg.synthesis), "generators": cfg.experiment.generators},
+        "synthesize": lambda: settings(cfg.synthesis),
+        "train_segmenters": lambda: {"segmentation": settings(cfg.segmentation),
+                                     "experiment": settings(cfg.experiment)},
+        "evaluate": lambda: {"experiment": settings(cfg.experiment),
+                             "extra_test_sets": settings(cfg.data.extra_test_sets),
                              **({"scored": "test" if run.test_open else "val"} if cfg.evaluate.sealed else {})},
-        "quality": lambda: {"quality": to_dict(cfg.quality), "experiment": to_dict(cfg.experiment)},
+        "quality": lambda: {"quality": settings(cfg.quality), "experiment": settings(cfg.experiment)},
         "report": lambda: {"profile": cfg.profile,
                            **({"unsealed": len(unsealings(run))} if cfg.evaluate.sealed else {})},
     }[stage]()
@@ -783,11 +782,6 @@ def _run_stage(run: Run, stage: str) -> dict[str, Any]:
         return stage_fn(run)  # every unit is done now: gather their results in order
     finally:
         run.mode = "ddp"
-
-
-def result_settings(section: Any) -> dict[str, Any]:
-    """A config section without its RUNTIME_SETTINGS: what a unit's key is made of."""
-    return {k: v for k, v in to_dict(section).items() if k not in RUNTIME_SETTINGS}
 
 
 def _plain(result: Any) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class SegmentationConfig:
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
                                    "help": "training slices whose mask is empty are drawn this much less often "
                                            "(1 = never); validation and test always use every slice"})
-    num_workers: int = field(default=0, metadata={"min": 0, "max": 64,
+    num_workers: int = field(default=0, metadata={"role": "runtime", "min": 0, "max": 64,
                              "help": "DataLoader worker processes (0 = load in the training process)"})
 
     # --- augmentation (MONAI dict transforms; training only) ------------------------------------------
@@ -82,20 +82,20 @@ class SegmentationConfig:
                              "help": "max standard deviation of additive Gaussian noise"})
 
     # --- runtime -------------------------------------------------------------------------------------
-    device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda"],
+    device: str = field(default="auto", metadata={"role": "runtime", "choices": ["auto", "cpu", "cuda"],
                         "help": "where to train and predict (auto: cuda when available)"})
     amp: str = field(default="none", metadata={
         "choices": ["none", "bf16", "fp16"],
         "help": "mixed-precision autocast of training and validation: bf16 (CPU: only where the CPU supports "
                 "it natively) or fp16 (CUDA only, with gradient scaling; validation then runs in float32); off "
                 "by default so that runs are bit-for-bit reproducible"})
-    channels_last: bool = field(default=False, metadata={
+    channels_last: bool = field(default=False, metadata={"role": "runtime",
         "help": "channels-last memory format for the network and batches (faster convolutions on tensor-core "
                 "GPUs)"})
-    compile: bool = field(default=False, metadata={
+    compile: bool = field(default=False, metadata={"role": "runtime",
         "help": "torch.compile the training network (tried once at start-up; falls back to eager with a "
                 "warning if it fails)"})
-    pin_memory: str = field(default="auto", metadata={
+    pin_memory: str = field(default="auto", metadata={"role": "runtime",
         "choices": ["auto", "on", "off"],
         "help": "page-locked host memory for the training batches, so copies to the GPU overlap compute "
                 "(auto: on when training on cuda)"})

@@ -22,7 +22,6 @@ run: each rank draws its own masks.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from data.config import PreprocessConfig
 from data.io import keep_csv_rows, writing
+from data.settings import resumable_differences
 from data.types import STRUCTURES, ForeignCheckpointError, PreparedCase
 from segmentation.config import SegmentationConfig
 from segmentation.datasets import make_train_stream
@@ -47,8 +47,6 @@ from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, 
                                   init_distributed, training_module)
 
 METRICS_COLUMNS = ["step", "loss", "lr", "val_dice"]
-# Settings that may differ between a checkpoint and its resumption: where and how fast, not what is computed.
-RUNTIME_KEYS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last"})
 
 
 @dataclass
@@ -251,9 +249,7 @@ def _resumable(path: Path, cfg: SegmentationConfig, arm: str, seed: int) -> dict
     if not path.is_file():
         return None
     ckpt = read_checkpoint(path)
-    saved, current = ({k: v for k, v in c.items() if k not in RUNTIME_KEYS}
-                      for c in (ckpt["config"], dataclasses.asdict(cfg)))
-    if saved != current or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
+    if resumable_differences(ckpt["config"], cfg) or ckpt.get("arm") != arm or ckpt.get("seed") != seed:
         raise ForeignCheckpointError(f"{path} belongs to another run (arm {ckpt.get('arm')!r}, seed "
                                      f"{ckpt.get('seed')}, or a different segmentation config); use a fresh output "
                                      f"folder or delete it")

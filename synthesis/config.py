@@ -88,40 +88,42 @@ class WarpConfig(GeneratorConfig):
 class TrainConfig(GeneratorConfig):
     """The shared training loop (`synthesis.train.fit_loop`)."""
 
-    steps: int = field(default=5000, metadata={"min": 1, "help": "optimisation steps"})
+    steps: int = field(default=5000, metadata={"role": "resumable", "min": 1, "help": "optimisation steps"})
     batch_size: int = field(default=16, metadata={"min": 1, "max": 4096,
                             "help": "slices per step: the global batch, split equally over the processes of a "
                                     "torchrun (DDP) run"})
     ema_decay: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0,
                              "help": "decay of the exponential moving average of the generator weights used for "
                                      "sampling (warmed up as min(decay, (1 + n) / (10 + n)))"})
-    sample_every: int = field(default=250, metadata={"min": 1,
+    sample_every: int = field(default=250, metadata={"role": "runtime", "min": 1,
                               "help": "steps between sample grids (out_dir/samples/step_XXXXXX.png)"})
-    checkpoint_every: int = field(default=500, metadata={"min": 1,
+    checkpoint_every: int = field(default=500, metadata={"role": "runtime", "min": 1,
                                   "help": "steps between checkpoints (the last step is always saved)"})
-    grid_masks: int = field(default=6, metadata={"min": 1, "max": 32, "help": "columns (fixed masks) of a grid"})
-    grid_styles: int = field(default=3, metadata={"min": 1, "max": 8, "help": "sample rows (style seeds) of a grid"})
-    collapse_patience: int = field(default=500, metadata={"min": 0,
+    grid_masks: int = field(default=6, metadata={"role": "runtime", "min": 1, "max": 32,
+                            "help": "columns (fixed masks) of a grid"})
+    grid_styles: int = field(default=3, metadata={"role": "runtime", "min": 1, "max": 8,
+                             "help": "sample rows (style seeds) of a grid"})
+    collapse_patience: int = field(default=500, metadata={"role": "resumable", "min": 0,
                                    "help": "stop when the discriminator wins completely for this many consecutive "
                                            "steps (0 = never)"})
-    collapse_d_eps: float = field(default=0.01, metadata={"min": 0.0,
+    collapse_d_eps: float = field(default=0.01, metadata={"role": "resumable", "min": 0.0,
                                   "help": "discriminator loss below this counts as 'D wins completely'"})
-    collapse_g_adv: float = field(default=1.0, metadata={"min": 0.0,
+    collapse_g_adv: float = field(default=1.0, metadata={"role": "resumable", "min": 0.0,
                                   "help": "... together with a generator adversarial loss above this"})
     amp: str = field(default="none", metadata={
         "choices": ["none", "bf16", "fp16"],
         "help": "mixed-precision autocast of the forward passes: bf16 (CPU: only where the CPU supports it "
                 "natively) or fp16 (CUDA only, with gradient scaling)"})
-    channels_last: bool = field(default=False, metadata={
+    channels_last: bool = field(default=False, metadata={"role": "runtime",
         "help": "channels-last memory format for the networks and batches (faster convolutions on tensor-core "
                 "GPUs)"})
-    compile: bool = field(default=False, metadata={
+    compile: bool = field(default=False, metadata={"role": "runtime",
         "help": "torch.compile the generator and discriminator forward passes (tried once at start-up; falls "
                 "back to eager with a warning if it fails)"})
-    device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda"],
+    device: str = field(default="auto", metadata={"role": "runtime", "choices": ["auto", "cpu", "cuda"],
                         "help": "auto = cuda when available, else cpu; the training slices are moved to the "
                                 "device once, so no loader workers or pinned memory are needed"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
+    progress: bool = field(default=True, metadata={"role": "runtime", "help": "tqdm progress bar"})
 
 
 @dataclass
@@ -263,7 +265,7 @@ class QualityConfig:
     n_styles: int = field(default=4, metadata={"min": 2, "max": 64,
                           "help": "style seeds per mask for diversity"})
     seed: int = field(default=0, metadata={"help": "seed of subsets, patient halves and the styles sampled"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bars"})
+    progress: bool = field(default=True, metadata={"role": "runtime", "help": "tqdm progress bars"})
 
 
 @dataclass

@@ -41,6 +41,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from data.io import keep_csv_rows, load_torch, save_torch, writing
+from data.settings import resumable_differences
 from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
@@ -51,10 +52,6 @@ from synthesis.diffaugment import diff_augment
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 SAMPLES = "samples"
-# Settings that may change between a checkpoint and its resumption without changing the maths.
-RESUMABLE_KEYS = frozenset({"steps", "sample_every", "checkpoint_every", "grid_masks", "grid_styles", "progress",
-                            "collapse_patience", "collapse_d_eps", "collapse_g_adv", "device", "channels_last",
-                            "compile"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -452,8 +449,7 @@ def _checked_checkpoint(model: LearnedGenerator, path: Path, *, seed: int, finge
     if tuple(ckpt["image_shape"]) != model.image_shape:
         problems.append(f"slice shape {tuple(ckpt['image_shape'])} != {model.image_shape}")
     current = dataclasses.asdict(model.config)
-    changed = sorted(k for k in set(current) | set(ckpt["config"])
-                     if k not in RESUMABLE_KEYS and current.get(k) != ckpt["config"].get(k))
+    changed = resumable_differences(ckpt["config"], model.config)
     if changed:
         problems.append("changed settings " + ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {current.get(k)!r}"
                                                          for k in changed))

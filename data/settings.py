@@ -1,0 +1,48 @@
+"""A setting's role, declared once on its config field (`metadata={"role": ...}`) and read by everything that
+must know it: the cache keys of units and stages, the checks that let a checkpoint resume, and the docs
+(`pipeline.yaml` says `[runtime]`).
+
+- result (the default): changes what is computed; part of every key; a checkpoint resumes only under the same
+  value.
+- runtime: changes how fast or how visibly it is computed (device, loader workers, compile, progress bars,
+  sample grids), never a number: left out of keys, so a run moved to a GPU keeps its cache, and checkpoints
+  resume across it.
+- resumable: changes the result, so it is in the keys, but a checkpoint may go on under a new value (e.g. a
+  generator's `steps`: training simply continues).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ROLE = "role"
+RESULT, RUNTIME, RESUMABLE = "result", "runtime", "resumable"
+
+
+def role(f: dataclasses.Field) -> str:
+    return f.metadata.get(ROLE, RESULT)
+
+
+def names_with_role(section: Any, *roles: str) -> frozenset[str]:
+    """The field names of a config dataclass (class or instance) whose role is one of `roles`."""
+    return frozenset(f.name for f in dataclasses.fields(section) if role(f) in roles)
+
+
+def result_settings(section: Any) -> Any:
+    """A config section as plain data without its runtime settings, at every depth: what keys are made of."""
+    if dataclasses.is_dataclass(section) and not isinstance(section, type):
+        return {f.name: result_settings(getattr(section, f.name)) for f in dataclasses.fields(section)
+                if role(f) != RUNTIME}
+    if isinstance(section, (list, tuple)):
+        return [result_settings(v) for v in section]
+    if isinstance(section, dict):
+        return {k: result_settings(v) for k, v in section.items()}
+    return section
+
+
+def resumable_differences(saved: dict[str, Any], current: Any) -> list[str]:
+    """The settings of `current` (a config dataclass) that differ from `saved` (its asdict in a checkpoint) and
+    forbid resuming: every field but the runtime and resumable ones (a field only one side has counts too)."""
+    allowed = names_with_role(current, RUNTIME, RESUMABLE)
+    now = dataclasses.asdict(current)
+    return sorted(k for k in set(now) | set(saved) if k not in allowed and now.get(k) != saved.get(k))
