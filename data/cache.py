@@ -20,7 +20,9 @@ not part of the key: it only affects validation messages. Entries for other keys
 
 An entry is written into a hidden temp folder beside it and renamed into place once complete: a killed run
 leaves at most hidden temp folders, which are never read, and resumes with every case already renamed; an
-unreadable entry, or a deleted store, is rebuilt. Entries of the previous format (one `<case_id>.<key[:16]>.npz`
+unreadable entry, or a deleted store, is rebuilt. Delete an entry folder (or the store) rather than edit a file
+in it: truncating a file that a running process has mapped makes its next read of that part fault (SIGBUS);
+renames and deletions are safe, as POSIX keeps a mapped file alive until it is unmapped. Entries of the previous format (one `<case_id>.<key[:16]>.npz`
 per case) are converted once, without preprocessing again (the arrays are copied bit for bit), and the `.npz`
 is removed.
 
@@ -297,8 +299,8 @@ def _prepare_in_pool(job, refs: list[CaseRef], workers: int, done) -> None:
         futures = [pool.submit(_recording, job, ref) for ref in refs]
         for future in futures:
             (key, outcome), caught = future.result()
-            for message, category in caught:
-                warnings.warn(message, category, stacklevel=4)
+            for message, category, filename, lineno in caught:
+                warnings.warn_explicit(message, category, filename, lineno)
             done(key, outcome)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # cases already running finish and stay stored
@@ -307,19 +309,21 @@ def _prepare_in_pool(job, refs: list[CaseRef], workers: int, done) -> None:
 
 
 def _init_worker() -> None:
-    """One thread per worker process: the workers are the parallelism (and forked OpenMP pools misbehave)."""
+    """One torch (and OpenMP) thread per worker process: the workers are the parallelism, and a forked OpenMP
+    pool misbehaves. torch is not imported for this (preprocessing needs none): where it is not loaded yet, the
+    environment makes a later import start with one thread."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _recording(job, ref: CaseRef):
-    """`job(ref)` and the warnings it raised, as (message, category) pairs the parent can repeat."""
+    """`job(ref)` and the warnings it raised, as (message, category, file, line) the parent can repeat."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = job(ref)
-    return result, [(str(w.message), w.category) for w in caught]
+    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 def _mappable_arrays(wanted: int) -> int:
