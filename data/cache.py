@@ -22,9 +22,11 @@ An entry is written into a hidden temp folder beside it and renamed into place o
 leaves at most hidden temp folders, which are never read, and resumes with every case already renamed; an
 unreadable entry, or a deleted store, is rebuilt. Delete an entry folder (or the store) rather than edit a file
 in it: truncating a file that a running process has mapped makes its next read of that part fault (SIGBUS);
-renames and deletions are safe, as POSIX keeps a mapped file alive until it is unmapped. Entries of the previous format (one `<case_id>.<key[:16]>.npz`
-per case) are converted once, without preprocessing again (the arrays are copied bit for bit), and the `.npz`
-is removed.
+renames and deletions are safe, as POSIX keeps a mapped file alive until it is unmapped.
+
+Entries of the previous format (one `<case_id>.<key[:16]>.npz` per case) are converted once, without
+preprocessing again (the arrays are copied bit for bit), and the `.npz` is removed: a run prepared before keeps
+its cache.
 
 `prepare_cases(..., workers=N)` hashes, preprocesses and writes cases in N processes (`data.preprocess_workers`):
 each case is a pure function of its files and the config, so the store, and the cases returned, are the same as

@@ -31,7 +31,7 @@ from segmentation.statistics import with_conditions
 # Settings that change how fast or how visibly a unit is computed, not its result: left out of unit keys, so a
 # run moved to a GPU (or given more loader workers) keeps its cached units. Checkpoints resume across them too.
 RUNTIME_SETTINGS = frozenset({"device", "num_workers", "pin_memory", "compile", "channels_last", "progress",
-                              "sample_every", "checkpoint_every", "grid_masks", "grid_styles"})
+                              "sample_every", "checkpoint_every", "grid_masks", "grid_styles", "preprocess_workers"})
 SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
 UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
@@ -244,7 +244,8 @@ def prepare(run: Run) -> dict[str, Any]:
     write_split(stage_dir / "splits.json", split)
     if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
         refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
-    cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
+    cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map,
+                          workers=cfg.data.preprocess_workers)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")
     extra = {}
@@ -275,7 +276,7 @@ def prepare_key(run: Run) -> str:
                 if path is not None:
                     stat = Path(path).stat()
                     files.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return stable_hash(to_dict(cfg), run.cfg.experiment.fractions, files)
+    return stable_hash(result_settings(cfg), run.cfg.experiment.fractions, files)
 
 
 def train_generator(run: Run) -> dict[str, Any]:

@@ -49,7 +49,8 @@ CFG = PreprocessConfig(target_spacing=1.5, crop_size=32)
 
 
 def in_memory(case):
-    return dataclasses.replace(case, image=np.array(case.image), mask=None if case.mask is None else np.array(case.mask))
+    mask = None if case.mask is None else np.array(case.mask)
+    return dataclasses.replace(case, image=np.array(case.image), mask=mask)
 
 
 def assert_same(a, b):

@@ -167,3 +167,20 @@ def test_cases_beyond_the_open_file_limit_are_read_into_memory(refs, in_memory, 
         cases = prepare_cases(refs, CFG, tmp_path / "store")
     assert [isinstance(c.image, np.memmap) for c in cases] == [True, True] + [False] * (len(refs) - 2)
     assert_same_cases(cases, in_memory)
+
+
+def test_preprocess_workers_is_a_runtime_setting(tmp_path):
+    """More workers keep every key: the run's data key is the one computed before the setting existed."""
+    from types import SimpleNamespace
+
+    from pipeline.cache import stable_hash
+    from pipeline.config import PipelineConfig, to_dict
+    from pipeline.run import prepare_key
+
+    cfg = PipelineConfig()
+    keys = set()
+    for workers in (1, 4):
+        cfg.data.preprocess_workers = workers
+        keys.add(prepare_key(SimpleNamespace(cfg=cfg)))
+    without = {k: v for k, v in to_dict(cfg.data).items() if k != "preprocess_workers"}
+    assert keys == {stable_hash(without, cfg.experiment.fractions, [])}
