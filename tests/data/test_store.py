@@ -184,3 +184,15 @@ def test_preprocess_workers_is_a_runtime_setting(tmp_path):
         keys.add(prepare_key(SimpleNamespace(cfg=cfg)))
     without = {k: v for k, v in to_dict(cfg.data).items() if k != "preprocess_workers"}
     assert keys == {stable_hash(without, cfg.experiment.fractions, [])}
+
+
+def test_evaluation_of_store_cases_equals_that_of_in_memory_cases(refs, in_memory, tmp_path):
+    from segmentation.evaluate import evaluate_cases
+    from segmentation.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    stored = prepare_cases(refs[:2], CFG, tmp_path / "store")
+    frames = [evaluate_cases(model, cases, None, arm="real", fraction=1.0, seed=0, save_predictions=False)
+              for cases in (stored, in_memory[:2])]
+    assert frames[0].equals(frames[1])
