@@ -2,6 +2,7 @@
 deleted, the same with several workers, and old `.npz` entries converted once without preprocessing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -79,6 +80,10 @@ def test_training_batches_from_the_store_equal_those_from_memory(refs, in_memory
         for a, b in zip(*batches):
             assert a["image"].dtype == b["image"].dtype == torch.float32 and a["label"].dtype == torch.uint8
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    cfg = tiny_config(augment=True, batch_size=4, steps=3)
+    forked = make_train_stream("real", stored, None, dataclasses.replace(cfg, num_workers=1), seed=5).loader(0, 3)
+    for a, b in zip(forked, make_train_stream("real", in_memory, None, cfg, seed=5).loader(0, 3)):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])  # a loader worker maps too
     stream = make_train_stream("real", stored, None, tiny_config(augment=False, batch_size=4, steps=3), seed=5)
     for step, batch in enumerate(stream.loader(0, 3)):
         index = [i for _, i, _ in stream.plan(step)]
