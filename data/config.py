@@ -54,5 +54,8 @@ class DataConfig:
         "unique": False, "help": "extra test sets scored separately (robustness to a shifted domain); each has "
                                  "name, root, layout, label_map (and phantom_style/phantom_patients/phantom_seed "
                                  "when root is empty)"})
+    preprocess_workers: int = field(default=1, metadata={
+        "role": "runtime", "min": 1, "max": 256,
+        "help": "processes that preprocess cases into the slice store; the same store as with 1"})
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

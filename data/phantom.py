@@ -973,17 +973,20 @@ def write_phantom(out_dir: Path | str, n_patients: int, seed: int, style: str | 
         raise ValueError(f"n_patients: expected at least 1, got {n_patients}")
     if style is not None and style not in STYLES:
         raise ValueError(f"style: unknown scanner style {style!r}; expected one of {sorted(STYLES)} or None")
-    out_dir = Path(out_dir)
-    folders = []
-    children = np.random.SeedSequence(seed).spawn(n_patients)
-    for i in tqdm(range(n_patients), desc="phantom", unit="patient", leave=False):
-        pid = f"patient{i + 1:03d}"
-        patient = generate_patient(np.random.default_rng(children[i]), style, group=GROUPS[i % len(GROUPS)])
-        pdir = out_dir / pid
-        for phase, frame in patient.frames.items():
-            stem = pdir / f"{pid}_frame{frame:02d}"
-            write_nifti(f"{stem}.nii.gz", patient.images[phase], patient.affine)
-            write_nifti(f"{stem}_gt.nii.gz", patient.masks[phase], patient.affine, is_label=True)
-        write_text(pdir / "Info.cfg", _info_cfg(patient, seed))
-        folders.append(pdir)
-    return folders
+    return [write_patient(out_dir, i, seed, style)
+            for i in tqdm(range(n_patients), desc="phantom", unit="patient", leave=False)]
+
+
+def write_patient(out_dir: Path | str, i: int, seed: int, style: str | None = None) -> Path:
+    """Write phantom patient `i` (0-based) of `write_phantom(out_dir, n, seed, style)` for any n > i; return its
+    folder. Info.cfg is written last, so a folder holding it is complete (patients can be written in parallel)."""
+    pid = f"patient{i + 1:03d}"
+    child = np.random.SeedSequence(seed, spawn_key=(i,))  # = SeedSequence(seed).spawn(n)[i]
+    patient = generate_patient(np.random.default_rng(child), style, group=GROUPS[i % len(GROUPS)])
+    pdir = Path(out_dir) / pid
+    for phase, frame in patient.frames.items():
+        stem = pdir / f"{pid}_frame{frame:02d}"
+        write_nifti(f"{stem}.nii.gz", patient.images[phase], patient.affine)
+        write_nifti(f"{stem}_gt.nii.gz", patient.masks[phase], patient.affine, is_label=True)
+    write_text(pdir / "Info.cfg", _info_cfg(patient, seed))
+    return pdir

@@ -24,6 +24,16 @@ class DataError(ValueError):
         self.path = Path(path) if path is not None else None
         super().__init__(f"{path}: {message}" if path is not None else message)
 
+    def __reduce__(self):  # pickles as it reads (it crosses processes from `prepare_cases`' workers)
+        return _restore_error, (type(self), self.path, str(self))
+
+
+def _restore_error(cls: type, path: Path | None, text: str) -> DataError:
+    error = cls.__new__(cls)
+    ValueError.__init__(error, text)
+    error.path = path
+    return error
+
 
 class DataWarning(UserWarning):
     """Suspicious but legitimate data (e.g. slices without labels); filter with this category."""
@@ -87,6 +97,7 @@ class PreparedCase:
     """
 
     ref: CaseRef
+    # From `data.cache.prepare_cases` both are read-only `np.memmap`s: index slices, copy what you change.
     image: np.ndarray  # (S, H, W) float32, robustly normalised to [0, 1]
     mask: np.ndarray | None  # (S, H, W) uint8 in the internal label convention
     geometry: Any

@@ -141,7 +141,7 @@ class Run:
         refs = self._refs(self.split["train"] + self.split["val"], test=False)
         refs += self._refs(self.split["test"], test=True) if self.test_open else []
         cases = prepare_cases(refs, self.cfg.data.preprocess, self.stage_dir("prepare") / "cache",
-                              label_map=self.cfg.data.label_map)
+                              label_map=self.cfg.data.label_map, workers=self.cfg.data.preprocess_workers)
         return {c.case_id: c for c in cases}
 
     def _refs(self, patients: list[str], *, test: bool) -> list[CaseRef]:
@@ -173,7 +173,7 @@ class Run:
             refs = list_cases(self.extra_root(test_set), test_set.layout)
             self._extra_cases[test_set.name] = prepare_cases(
                 refs, self.cfg.data.preprocess, self.stage_dir("prepare") / "extra" / test_set.name / "cache",
-                label_map=test_set.label_map)
+                label_map=test_set.label_map, workers=self.cfg.data.preprocess_workers)
         return self._extra_cases[test_set.name]
 
     def patient_cases(self, patients: list[str]) -> list[PreparedCase]:
@@ -269,7 +269,8 @@ def prepare(run: Run) -> dict[str, Any]:
     write_split(stage_dir / "splits.json", split)
     if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
         refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
-    cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map)
+    cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map,
+                          workers=cfg.data.preprocess_workers)
     log.info(f"prepared {len(cases)} cases: {len(split.train)} train / {len(split.val)} val / "
              f"{len(split.test)} test patients")
     extra = {}

@@ -42,19 +42,36 @@ SampleKey = tuple[int, int, int]  # (source, slice index in that source, augment
 
 @dataclass
 class SlicePool:
-    """All 2D training slices of one source, stacked, with their sampling probabilities."""
+    """The 2D training slices of one source, as positions in their cases' arrays, with sampling probabilities.
 
-    images: np.ndarray  # (N, H, W) float32
-    masks: np.ndarray  # (N, H, W) uint8
+    Nothing is stacked: the arrays stay what `data.cache.prepare_cases` gives (memory-mapped from the store), so
+    a slice is read from disk (or the shared page cache) when a batch draws it, and a cohort of any size costs
+    no RAM up front. `slice(i)` returns in-memory copies with the dtypes of the old stacked pool (bit for bit).
+    """
+
+    images: list[np.ndarray]  # per case: (S, H, W), any float dtype (read as float32)
+    masks: list[np.ndarray]  # per case: (S, H, W) labels (read as uint8)
+    starts: np.ndarray  # (cases + 1,) pool index of each case's first slice; the last entry = len(pool)
     probs: np.ndarray  # (N,) float64, sums to 1
     case_ids: list[str]  # per slice, for inspection
 
     def __len__(self) -> int:
-        return len(self.images)
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of every slice."""
+        return tuple(self.images[0].shape[1:])  # type: ignore[return-value]
+
+    def slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image float32, mask uint8), both (H, W) and in memory, of pool slice `index`."""
+        case = int(np.searchsorted(self.starts, index, side="right")) - 1
+        s = int(index) - int(self.starts[case])
+        return (np.array(self.images[case][s], dtype=np.float32), np.array(self.masks[case][s], dtype=np.uint8))
 
 
 def slice_pool(cases: Sequence[PreparedCase], drop_empty_prob: float = 0.0, *, what: str = "cases") -> SlicePool:
-    """Stack the slices of `cases`; every case needs a mask and the same in-plane size."""
+    """The slices of `cases` (read lazily); every case needs a mask and the same in-plane size."""
     if not cases:
         raise ValueError(f"{what}: no cases given")
     shape = cases[0].image.shape[1:]
@@ -65,13 +82,16 @@ def slice_pool(cases: Sequence[PreparedCase], drop_empty_prob: float = 0.0, *, w
             raise DataError(case.ref.image_path, f"{what}: case {case.case_id} has image {case.image.shape} and "
                                                  f"mask {case.mask.shape}; expected (S, {shape[0]}, {shape[1]}) "
                                                  f"for both, like the first case")
-    images = np.concatenate([np.asarray(c.image, dtype=np.float32) for c in cases])
-    masks = np.concatenate([np.asarray(c.mask, dtype=np.uint8) for c in cases])
-    weights = np.where(masks.reshape(len(masks), -1).any(axis=1), 1.0, 1.0 - drop_empty_prob)
+    # One pass over the masks (case by case, so a memory-mapped cohort is never held whole) for the weights.
+    foreground = np.concatenate([np.asarray(c.mask, dtype=np.uint8).reshape(len(c.mask), -1).any(axis=1)
+                                 for c in cases])
+    weights = np.where(foreground, 1.0, 1.0 - drop_empty_prob)
     if weights.sum() <= 0:  # every slice empty and all dropped: fall back to uniform rather than fail
-        weights = np.ones(len(masks))
+        weights = np.ones(len(foreground))
+    starts = np.concatenate([[0], np.cumsum([len(c.image) for c in cases])]).astype(np.int64)
     case_ids = [c.case_id for c in cases for _ in range(len(c.image))]
-    return SlicePool(images=images, masks=masks, probs=weights / weights.sum(), case_ids=case_ids)
+    return SlicePool(images=[c.image for c in cases], masks=[c.mask for c in cases], starts=starts,
+                     probs=weights / weights.sum(), case_ids=case_ids)
 
 
 def build_train_transforms(cfg: SegmentationConfig, spatial_size: tuple[int, int]) -> Compose | None:
@@ -105,7 +125,7 @@ class TrainStream(Dataset):
     def __init__(self, arm: str, pools: dict[int, SlicePool], cfg: SegmentationConfig, seed: int):
         self.arm, self.pools, self.cfg, self.seed = arm, pools, cfg, int(seed)
         self.batch_size = int(cfg.batch_size)
-        self.spatial_size = tuple(next(iter(pools.values())).images.shape[1:])
+        self.spatial_size = next(iter(pools.values())).shape
         self.transforms = build_train_transforms(cfg, self.spatial_size)
         # Every random transform draws from this one generator, re-seeded per sample: a sample's augmentation
         # then depends on its own seed only (not on the samples before it in the batch), and re-seeding an
@@ -158,8 +178,8 @@ class TrainStream(Dataset):
         # Small per-slice ops: one thread (DataLoader workers have one anyway), plain tensors (no MONAI metadata).
         with torch_threads(1), without_meta():
             for source, index, aug_seed in keys:
-                pool = self.pools[source]
-                sample = {"image": pool.images[index][None], "label": pool.masks[index][None]}
+                image, label = self.pools[source].slice(index)  # read from the store here, slice by slice
+                sample = {"image": image[None], "label": label[None]}
                 if self.transforms is not None:
                     self.random_state.seed(aug_seed)
                     sample = self.transforms(sample)
@@ -209,7 +229,7 @@ def make_train_stream(arm: str, real_cases: Sequence[PreparedCase] | None,
         if not synthetic_cases:
             raise ValueError(f"arm {arm!r} needs synthetic_cases; got none")
         pools[SYNTHETIC] = slice_pool(synthetic_cases, cfg.drop_empty_prob, what="synthetic cases")
-    if len(pools) == 2 and pools[REAL].images.shape[1:] != pools[SYNTHETIC].images.shape[1:]:
-        raise ValueError(f"real slices are {pools[REAL].images.shape[1:]} but synthetic slices "
-                         f"{pools[SYNTHETIC].images.shape[1:]}; both must come from the same preprocessing")
+    if len(pools) == 2 and pools[REAL].shape != pools[SYNTHETIC].shape:
+        raise ValueError(f"real slices are {pools[REAL].shape} but synthetic slices {pools[SYNTHETIC].shape}; both "
+                         f"must come from the same preprocessing")
     return TrainStream(arm, pools, cfg, seed)

@@ -53,7 +53,8 @@ def predict_probabilities(model: torch.nn.Module, image: np.ndarray, batch_size:
     chunks = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         for start in range(0, len(image), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(image[start:start + batch_size, None], dtype=np.float32))
+            # A copy per batch: `image` may be a read-only memory map (data.cache), which torch will not wrap.
+            x = torch.from_numpy(np.array(image[start:start + batch_size, None], dtype=np.float32))
             logits = model(x.to(device))
             chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(chunks).permute(1, 0, 2, 3).contiguous().numpy()
@@ -70,7 +71,7 @@ def predict_case(model: torch.nn.Module, case: PreparedCase, batch_size: int = 1
 
 def one_hot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(spatial...) integer labels -> (1, C, spatial...) float one-hot, MONAI's metric input layout."""
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels = torch.from_numpy(np.array(labels, dtype=np.int64))  # a copy: `labels` may be read-only (data.cache)
     return torch.nn.functional.one_hot(labels, NUM_CLASSES).movedim(-1, 0)[None].float()
 
 

@@ -462,8 +462,8 @@ def build_reference(model: torch.nn.Module, heldout_cases: Sequence[CaseLike], t
     keep = _subset(len(train), cfg.n_images, rng)
     index = index_training_set(train[keep], groups[keep], cfg.memorisation_size)
     train_features = segmenter_features(model, index.images, cfg.batch_size, progress=cfg.progress)
-    heldout_images = [np.asarray(c.image, np.float32) for c in heldout_cases]
-    heldout_masks = [np.asarray(c.mask, np.uint8) for c in heldout_cases]
+    heldout_images = [np.array(c.image, np.float32) for c in heldout_cases]  # copies: torch wraps no read-only
+    heldout_masks = [np.array(c.mask, np.uint8) for c in heldout_cases]  # memory map (data.cache)
     set_indices = _subset(sum(len(m) for m in heldout_masks), cfg.n_images, rng)
     return QualityReference(
         model=model, cfg=cfg, heldout_images=heldout_images, heldout_masks=heldout_masks, set_indices=set_indices,

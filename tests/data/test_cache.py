@@ -1,6 +1,7 @@
-"""Preprocessed-slice cache: hits skip NIfTI reads, changed config or file content rebuilds, atomic."""
+"""Preprocessed-slice store: hits skip NIfTI reads, changed config or file content rebuilds, atomic."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -47,6 +48,11 @@ def loads(monkeypatch):
 CFG = PreprocessConfig(target_spacing=1.5, crop_size=32)
 
 
+def in_memory(case):
+    mask = None if case.mask is None else np.array(case.mask)
+    return dataclasses.replace(case, image=np.array(case.image), mask=mask)
+
+
 def assert_same(a, b):
     assert a.ref == b.ref and a.geometry == b.geometry
     np.testing.assert_array_equal(a.image, b.image)
@@ -57,7 +63,7 @@ def test_second_call_reads_the_cache(refs, loads, tmp_path):
     cache = tmp_path / "cache"
     first = prepare_cases(refs, CFG, cache)
     assert sorted(loads) == sorted(r.case_id for r in refs)
-    assert len(list(cache.glob("*.npz"))) == len(refs)
+    assert len(list(cache.glob("*/meta.json"))) == len(refs) and not list(cache.glob("*.npz"))
     second = prepare_cases(refs, CFG, cache)
     assert len(loads) == len(refs)  # no new reads
     for a, b in zip(first, second):
@@ -98,17 +104,25 @@ def test_changed_file_content_rebuilds_that_case(refs, loads, tmp_path, rng):
 
 def test_half_written_and_corrupt_entries_are_ignored(refs, loads, tmp_path):
     cache = tmp_path / "cache"
-    first = prepare_cases(refs[:1], CFG, cache)
-    (entry,) = cache.glob("*.npz")
-    leftover = cache / f".{entry.name}.x1y2z3.npz"  # what a killed atomic write leaves behind
-    leftover.write_bytes(entry.read_bytes()[:100])
+    # In-memory copies: truncating a file under a live memory map would make reading the map fault (SIGBUS).
+    first = [in_memory(c) for c in prepare_cases(refs[:1], CFG, cache)]
+    (entry,) = (p for p in cache.iterdir() if not p.name.startswith("."))
+    leftover = cache / f".{entry.name}.x1y2z3"  # what a killed atomic write leaves behind
+    leftover.mkdir()
+    (leftover / "image.npy").write_bytes((entry / "image.npy").read_bytes()[:100])
     loads.clear()
     assert_same(prepare_cases(refs[:1], CFG, cache)[0], first[0])
     assert loads == []
-    entry.write_bytes(entry.read_bytes()[:200])  # truncated entry (e.g. disk full outside our control)
+    image = entry / "image.npy"
+    image.write_bytes(image.read_bytes()[:200])  # truncated entry (e.g. disk full outside our control)
     assert_same(prepare_cases(refs[:1], CFG, cache)[0], first[0])
     assert loads == [refs[0].case_id]
-    assert np.load(entry)["image"].shape == (3, 32, 32)  # rewritten whole
+    assert np.load(image).shape == (3, 32, 32)  # rewritten whole
+    (entry / "meta.json").write_text("{")  # unreadable metadata
+    loads.clear()
+    assert_same(prepare_cases(refs[:1], CFG, cache)[0], first[0])
+    assert loads == [refs[0].case_id]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, leftover.name])  # nothing else left
 
 
 def test_masks_and_roles(refs, loads, tmp_path):

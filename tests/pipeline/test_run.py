@@ -116,7 +116,7 @@ def test_runtime_settings_keep_the_cached_units(phantom_root, extra_sets, finish
     shutil.copytree(finished, run_dir)
     before = done_stamps(run_dir)
     run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "segmentation.channels_last=true",
-                             "segmentation.num_workers=1", "synthesis.spade.device=cpu"))
+                             "segmentation.num_workers=1", "synthesis.spade.device=cpu", "data.preprocess_workers=2"))
     assert done_stamps(run_dir) == before  # stages re-checked, but no unit trained or evaluated again
 
 
