@@ -15,6 +15,9 @@ import numpy as np
 LABELS: dict[int, str] = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
 STRUCTURES: tuple[str, ...] = ("RV", "MYO", "LV")
 NUM_CLASSES = len(LABELS)
+# Case names of synthetic volumes start with this (`synth_<generator>_0001`), so they can never be taken for a
+# real patient: the synthesis stage writes them, the ACDC layout reads them.
+SYNTHETIC_PREFIX = "synth_"
 
 
 class DataError(ValueError):

@@ -25,6 +25,8 @@ from data.io import write_bytes, write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import read_json  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
+from pipeline.units import (GeneratorArtifact, QualityArtifact, SyntheticSet, artifact,  # noqa: E402
+                            subset_dir)
 from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, headline, with_conditions  # noqa: E402
 
 if TYPE_CHECKING:
@@ -243,11 +245,11 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
         doc.para(f"Fraction {fraction:g} of the real training patients:")
         doc.table(shown)
     fraction = min(table["fraction"])
-    unit = run.stage_dir("quality") / f"f{fraction:g}"
+    made = artifact(run, "quality", subset_dir(fraction), QualityArtifact)
     for name in run.cfg.experiment.generators:
         for kind, caption in (("styles", "one held-out mask per column, one style seed per row"),
                               ("pairs", "closest synthetic slices (top) and their nearest real training slices")):
-            path = unit / f"{kind}_{name}.png"
+            path = made.figure(kind, name)
             if path.is_file():
                 doc.image(path, f"quality_{kind}_{name}", f"{name} (fraction {fraction:g}): {caption}.")
 
@@ -360,7 +362,7 @@ def _generator_grid(run: "Run", name: str) -> plt.Figure | None:
     from synthesis.base import load_generator
 
     fraction = min(run.cfg.experiment.fractions)
-    path = run.stage_dir("train_generator") / f"f{fraction:g}" / name / "generator.pt"
+    path = Path(artifact(run, "train_generator", f"{subset_dir(fraction)}/{name}", GeneratorArtifact).path)
     if not path.is_file():
         return None
     generator = load_generator(path)
@@ -385,7 +387,7 @@ def _synthetic_examples(run: "Run", name: str) -> plt.Figure | None:
     from synthesis.synthesize import MANIFEST, read_manifest
 
     fraction = min(run.cfg.experiment.fractions)
-    root = run.stage_dir("synthesize") / f"f{fraction:g}" / name / "cases"
+    root = Path(artifact(run, "synthesize", f"{subset_dir(fraction)}/{name}", SyntheticSet).cases_dir)
     if not (root / MANIFEST).is_file():
         return None
     rows = read_manifest(root).groupby("mask_source").head(3).head(6)  # its paths are checked to stay in root

@@ -20,11 +20,13 @@ import pandas as pd
 from data.config import TestSetConfig
 from data.settings import result_settings
 from data.types import CaseRef, PreparedCase
-from pipeline.cache import (StageRecord, invalidate_stage, read_json, run_unit, stable_hash, stage_current,
-                            unit_done, write_stage_manifest)
+from pipeline.cache import (MANIFEST, StageRecord, invalidate_stage, read_json, stable_hash, stage_current,
+                            write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
+from pipeline.units import (GeneratorArtifact, QualityArtifact, SegmenterArtifact, SyntheticSet, Unit, artifact,
+                            execute, subset_dir, with_artifact)
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
@@ -73,12 +75,6 @@ class Segmenter:
         return {"real": 0.0, "synthetic": 1.0}.get(self.arm, float(self.config(cfg).synthetic_ratio))
 
 
-def subset_dir(fraction: float, draw: int = 0) -> str:
-    """The folder of one training subset's units: `f0.1` for draw 0 (the names of a run without draws),
-    `f0.1/d2` for draw 2."""
-    return f"f{fraction:g}" + (f"/d{draw}" if draw else "")
-
-
 @dataclass
 class Run:
     cfg: PipelineConfig
@@ -86,31 +82,11 @@ class Run:
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     ctx: DistributedContext = field(default_factory=DistributedContext)
-    # How units of the current stage use the processes: "ddp" (all train each unit together), "sweep" (units
-    # dealt out, each trained by one process), "collect" (all done: read results), "solo" (rank 0 alone).
+    # How the units of the current stage use the processes (`pipeline.units.execute`): "ddp" (all train each
+    # unit together), "sweep" (units dealt out, each trained by one process), "solo" (rank 0 alone).
     mode: str = "ddp"
     unseal: bool = False  # `cmr-synth run --unseal`: score the sealed test set (evaluate.sealed) this once
-    _units_seen: int = 0
     _extra_cases: dict[str, list[PreparedCase]] = field(default_factory=dict, repr=False)
-
-    def unit(self, unit_dir: Path, key: str, work: Callable[[Path], dict[str, Any]], *,
-             ddp: bool = True) -> dict[str, Any]:
-        """`run_unit` with this run's processes. `ddp=False`: a unit that gains nothing from several processes
-        (e.g. fitting the GMM) is done by rank 0 and its result handed to the others."""
-        ctx = self.ctx
-        if not ctx.is_distributed or self.mode == "solo":
-            return run_unit(unit_dir, key, work)
-        if self.mode == "collect":
-            record = unit_done(unit_dir, key)
-            if record is None:
-                raise RuntimeError(f"{unit_dir}: not finished by the process it was dealt to")
-            return record["result"]
-        if self.mode == "sweep":
-            index, self._units_seen = self._units_seen, self._units_seen + 1
-            return run_unit(unit_dir, key, work) if index % ctx.world_size == ctx.rank else {}
-        if not ddp:
-            return ctx.main_then_broadcast(lambda: run_unit(unit_dir, key, work))
-        return run_unit(unit_dir, key, work, ctx=ctx)
 
     def train_context(self) -> DistributedContext | None:
         """What a trainer is told about the processes: all of them under ddp, only itself in a sweep (on this
@@ -248,8 +224,8 @@ def prepare(run: Run) -> dict[str, Any]:
     stage_dir = run.stage_dir("prepare")
     if not cfg.data.root:
         key = stable_hash("phantom", PHANTOM_VERSION, cfg.data.phantom_patients, cfg.data.phantom_seed)
-        run.unit(stage_dir / "phantom", key, lambda d: {"patients": len(
-            write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed))})
+        execute(run, [Unit("phantom", stage_dir / "phantom", key, lambda d: {"patients": len(
+            write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed))})])
         log.info(f"phantom: {cfg.data.phantom_patients} patients in {run.data_root}")
     refs = list_cases(run.data_root, cfg.data.layout)
     test_refs = list_cases(run.test_root, cfg.data.layout) if cfg.data.test_root else []
@@ -278,8 +254,9 @@ def prepare(run: Run) -> dict[str, Any]:
         if not test_set.root:
             key = stable_hash("phantom", PHANTOM_VERSION, test_set.phantom_patients, test_set.phantom_seed,
                               test_set.phantom_style)
-            run.unit(run.extra_root(test_set), key, lambda d, t=test_set: {"patients": len(write_phantom(
-                d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})
+            execute(run, [Unit(f"extra/{test_set.name}/phantom", run.extra_root(test_set), key,
+                               lambda d, t=test_set: {"patients": len(write_phantom(
+                                   d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})])
         if not cfg.evaluate.sealed:
             extra[test_set.name] = len(run.extra_cases(test_set))
             log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
@@ -305,75 +282,85 @@ def prepare_key(run: Run) -> str:
 
 
 def train_generator(run: Run) -> dict[str, Any]:
+    return execute(run, plan_generators(run))
+
+
+def plan_generators(run: Run) -> list[Unit]:
+    """One unit per training subset x generator, fitted on that subset's patients only."""
     import synthesis.generators  # noqa: F401  (fills the registry)
     from synthesis.base import REGISTRY, build_generator
-    from synthesis.train import LearnedGenerator
 
-    results = {}
+    units = []
     for fraction, draw in run.subsets():
         patients = run.fraction_patients(fraction, draw)  # this draw's patients only
         cases = run.patient_cases(patients)
-        masks = np.concatenate([c.mask for c in cases])
-        images = np.concatenate([c.image for c in cases])
         for name in run.cfg.experiment.generators:
             gen_cfg = run.cfg.synthesis.generator_config(name)
+            learned = REGISTRY[name].learned
 
-            def work(unit_dir: Path, name=name, gen_cfg=gen_cfg) -> dict[str, Any]:
+            def compute(unit_dir: Path, name=name, gen_cfg=gen_cfg, cases=cases, learned=learned) -> dict[str, Any]:
+                masks = np.concatenate([c.mask for c in cases])
+                images = np.concatenate([c.image for c in cases])
                 generator = build_generator(name, gen_cfg)
                 figures = generator.fit(masks, images, unit_dir, seed=run.cfg.synthesis.seed,
                                         dist=run.train_context())
+                made = GeneratorArtifact(learned=learned)
                 if run.ctx.is_main or run.mode == "sweep":
-                    generator.save(unit_dir / "generator.pt")
-                return dict(figures or {}, slices=int(len(masks)))
+                    generator.save(unit_dir / made.path)
+                return with_artifact(made, dict(figures or {}, slices=int(len(masks))))
 
             unit = f"{subset_dir(fraction, draw)}/{name}"
             key = stable_hash(run.keys["data"], patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
-            get_logger().info(f"train_generator {unit}: {len(cases)} cases, {len(masks)} slices")
-            learned = issubclass(REGISTRY[name], LearnedGenerator)
-            results[unit] = {"key": key, **run.unit(run.stage_dir("train_generator") / unit, key, work,
-                                                    ddp=learned)}
-    return results
+            get_logger().info(f"train_generator {unit}: {len(cases)} cases, {sum(len(c.mask) for c in cases)} slices")
+            units.append(Unit(unit, run.stage_dir("train_generator") / unit, key, compute, trains=True, ddp=learned))
+    return units
 
 
 def synthesize(run: Run) -> dict[str, Any]:
+    """Per training subset x generator: synthetic volumes from that subset's masks (drawn as synthesis.masks
+    says), written in the ACDC layout and preprocessed once, so the segmenters only read them."""
     from synthesis.base import load_generator
     from synthesis.masks import draw_masks
     from synthesis.synthesize import synthesize_dataset
 
     scfg = run.cfg.synthesis
-    generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
-    results = {}
+    generated = read_json(run.stage_dir("train_generator") / MANIFEST)["results"]
+    units = []
     for fraction, draw in run.subsets():
         cases = run.patient_cases(run.fraction_patients(fraction, draw))
         for name in run.cfg.experiment.generators:
             unit = f"{subset_dir(fraction, draw)}/{name}"
-            gen_unit = generated[unit]
 
-            def work(unit_dir: Path, unit=unit, name=name, fraction=fraction, draw=draw) -> dict[str, Any]:
-                generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
+            def compute(unit_dir: Path, unit=unit, name=name, cases=cases) -> dict[str, Any]:
+                generator = load_generator(artifact(run, "train_generator", unit, GeneratorArtifact).path)
                 draws, rejects = draw_masks(scfg.masks.source_mix, cases, scfg.n_volumes, seed=scfg.seed,
                                             cfg=scfg.masks)
-                manifest = synthesize_dataset(generator, draws, unit_dir / "cases", seed=scfg.seed,
+                made = SyntheticSet()
+                manifest = synthesize_dataset(generator, draws, unit_dir / made.cases_dir, seed=scfg.seed,
                                               generator_name=name)
-                synthetic_cases(run, fraction, name, draw)  # preprocess once here, so the segmenters only read
-                return {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()}
+                prepare_synthetic(run, unit_dir / made.cases_dir, unit_dir / made.cache_dir)
+                return with_artifact(made, {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()})
 
-            key = stable_hash(gen_unit["key"], scfg.seed, scfg.n_volumes, result_settings(scfg.masks))
-            results[unit] = {"key": key, **run.unit(run.stage_dir("synthesize") / unit, key, work)}
-    return results
+            key = stable_hash(generated[unit]["key"], scfg.seed, scfg.n_volumes, result_settings(scfg.masks))
+            units.append(Unit(unit, run.stage_dir("synthesize") / unit, key, compute))
+    return execute(run, units)
 
 
-def synthetic_cases(run: Run, fraction: float, generator: str, draw: int = 0) -> list[PreparedCase]:
-    """The synthetic volumes of one synthesize unit through the same preprocessing (cached in that unit); for a
-    mixture 'a+b', the volumes of every part (their case names start with `synth_<generator>_`, so they never
-    collide)."""
+def prepare_synthetic(run: Run, cases_dir: Path, cache_dir: Path) -> list[PreparedCase]:
+    """Synthetic volumes through the real cases' preprocessing, cached next to them."""
     from data.cache import prepare_cases
     from data.layouts import list_cases
 
+    return prepare_cases(list_cases(cases_dir, "acdc"), run.cfg.data.preprocess, cache_dir)
+
+
+def synthetic_cases(run: Run, fraction: float, generator: str, draw: int = 0) -> list[PreparedCase]:
+    """The synthetic volumes of one synthesize unit, preprocessed (`SyntheticSet`); for a mixture 'a+b', the
+    volumes of every part (their case names start with `synth_<generator>_`, so they never collide)."""
     if "+" in generator:
         return [case for part in generator.split("+") for case in synthetic_cases(run, fraction, part, draw)]
-    root = run.stage_dir("synthesize") / subset_dir(fraction, draw) / generator / "cases"
-    return prepare_cases(list_cases(root, "acdc"), run.cfg.data.preprocess, root.parent / "cache")
+    made = artifact(run, "synthesize", f"{subset_dir(fraction, draw)}/{generator}", SyntheticSet)
+    return prepare_synthetic(run, Path(made.cases_dir), Path(made.cache_dir))
 
 
 def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
@@ -385,31 +372,36 @@ def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
 
 
 def train_segmenters(run: Run) -> dict[str, Any]:
+    return execute(run, plan_segmenters(run))
+
+
+def plan_segmenters(run: Run) -> list[Unit]:
+    """One unit per segmenter of the sweep (`Run.segmenters`)."""
     from segmentation.train import train_segmenter
 
-    synth = read_json(run.stage_dir("synthesize") / "manifest.json")["results"] if any(
+    synth = read_json(run.stage_dir("synthesize") / MANIFEST)["results"] if any(
         s.generator for s in run.segmenters()) else {}
     val_cases = run.patient_cases(run.split["val"])
-    results = {}
+    units = []
     for seg in run.segmenters():
         real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
-        synth_key = synthetic_key(synth, seg)
 
-        def work(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
+        def compute(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator, seg.draw) if seg.generator else None
             result = train_segmenter(seg.arm, real_cases, val_cases, seg.config(run.cfg.segmentation), unit_dir,
                                      synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
                                      dist=run.train_context())
-            return _plain(result)
+            made = SegmenterArtifact(best_checkpoint=str(Path(result.best_checkpoint).relative_to(unit_dir)),
+                                     metrics_csv=str(Path(result.metrics_csv).relative_to(unit_dir)))
+            return with_artifact(made, _plain(result))
 
         settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
             settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
         key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
-                          seg.identity(), settings, synth_key)
-        get_logger().info(f"train_segmenters {seg.name}")
-        results[seg.name] = {"key": key, **run.unit(run.stage_dir("train_segmenters") / seg.name, key, work)}
-    return results
+                          seg.identity(), settings, synthetic_key(synth, seg))
+        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key, compute, trains=True))
+    return units
 
 
 def evaluate(run: Run) -> dict[str, Any]:
@@ -425,18 +417,18 @@ def evaluate(run: Run) -> dict[str, Any]:
     from segmentation.statistics import compare_to_real, draw_table, robustness_table, seed_table
 
     stage_dir = run.stage_dir("evaluate")
-    trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
+    trained = read_json(run.stage_dir("train_segmenters") / MANIFEST)["results"]
     scored = "test" if run.test_open else "val"
     units_dir = stage_dir if run.test_open else stage_dir / "sealed_val"
     extra_sets = {t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets} \
         if run.test_open else {}
-    frames: dict[str, list[pd.DataFrame]] = {"per_case.csv": [], "per_case_extra.csv": []}
+    units = []
     for seg in run.segmenters():
         scored_patients = run.test_patients(seg.fraction, seg.draw) if run.test_open else run.split["val"]
         test_sets = {"": (run.patient_cases(scored_patients), run.cfg.data.label_map), **extra_sets}
 
-        def work(unit_dir: Path, seg=seg, test_sets=test_sets) -> dict[str, Any]:
-            model, _ = load_model(run.stage_dir("train_segmenters") / seg.name / "best.pt")
+        def compute(unit_dir: Path, seg=seg, test_sets=test_sets) -> dict[str, Any]:
+            model, _ = load_model(artifact(run, "train_segmenters", seg.name, SegmenterArtifact).best_checkpoint)
             extra = []
             for name, (cases, label_map) in test_sets.items():
                 frame = evaluate_cases(model, cases, unit_dir / "predictions" / name, arm=seg.arm,
@@ -446,20 +438,20 @@ def evaluate(run: Run) -> dict[str, Any]:
                 if name:
                     extra.append(frame.assign(test_set=name))
                 else:
-                    write_csv(frame, unit_dir / "per_case.csv")
+                    write_csv(frame, unit_dir / SCORED[0])
             write_csv(pd.concat(extra, ignore_index=True) if extra else pd.DataFrame(columns=["test_set"]),
-                      unit_dir / "per_case_extra.csv")
+                      unit_dir / SCORED[1])
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
         key = stable_hash(trained[seg.name]["key"], scored_patients, result_settings(run.cfg.data.extra_test_sets),
                           run.keys["data"]) if run.test_open else \
             stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
-        run.unit(units_dir / seg.name, key, work)
-        for name, found in frames.items():
-            found.append(with_share(with_draw(read_table(units_dir / seg.name / name), seg.draw),
-                                    seg.share(run.cfg.segmentation)))
+        units.append(Unit(seg.name, units_dir / seg.name, key, compute))
+    execute(run, units)
+    frames = {name: [with_share(with_draw(read_table(unit.folder / name), seg.draw), seg.share(run.cfg.segmentation))
+                     for unit, seg in zip(units, run.segmenters())] for name in SCORED}
     status = segmenter_status(run)
-    variants = with_status(pd.concat(frames["per_case.csv"], ignore_index=True), status)
+    variants = with_status(pd.concat(frames[SCORED[0]], ignore_index=True), status)
     exp = run.cfg.experiment
     per_case, selection = select_variants(variants, select_on=exp.select_on,
                                           default=float(run.cfg.segmentation.synthetic_ratio))
@@ -473,7 +465,7 @@ def evaluate(run: Run) -> dict[str, Any]:
     write_csv(seed_table(per_case), stage_dir / "seeds.csv")
     write_csv(draw_table(per_case, n_boot=exp.bootstrap_samples, real_dice_floor=exp.real_dice_floor),
               stage_dir / "draws.csv")
-    extra = with_status(pd.concat(frames["per_case_extra.csv"], ignore_index=True), status)
+    extra = with_status(pd.concat(frames[SCORED[1]], ignore_index=True), status)
     if len(extra) and len(selection):  # the extra test sets see the segmenters chosen on validation, too
         extra = extra.merge(per_case[STATUS_KEYS].drop_duplicates(), on=STATUS_KEYS, how="inner")
     write_csv(extra, stage_dir / "per_case_extra.csv")
@@ -483,6 +475,7 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {"rows": int(len(per_case)), "extra_rows": int(len(extra)), "scored": scored}
 
 
+SCORED = ("per_case.csv", "per_case_extra.csv")  # what an evaluate unit writes: its test set, its extra sets
 STATUS_KEYS = ["fraction", "draw", "arm", "generator", "augmentation", "synthetic_ratio", "seed"]
 
 
@@ -510,7 +503,7 @@ def segmenter_status(run: Run) -> pd.DataFrame:
 
     exp, rows = run.cfg.experiment, []
     for seg in run.segmenters():
-        state = read_convergence(run.stage_dir("train_segmenters") / seg.name / "metrics.csv",
+        state = read_convergence(artifact(run, "train_segmenters", seg.name, SegmenterArtifact).metrics_csv,
                                  exp.plateau_window, exp.plateau_min_delta)
         rows.append({"fraction": float(seg.fraction), "draw": int(seg.draw), "arm": seg.arm, "generator": seg.generator,
                      "augmentation": seg.augmentation, "synthetic_ratio": seg.share(run.cfg.segmentation),
@@ -540,47 +533,52 @@ def quality(run: Run) -> dict[str, Any]:
     from synthesis.quality import build_reference, evaluate_generator, reference_row, save_pairs_grid
 
     stage_dir, qcfg = run.stage_dir("quality"), run.cfg.quality
-    trained = read_json(run.stage_dir("train_segmenters") / "manifest.json")["results"]
-    generated = read_json(run.stage_dir("train_generator") / "manifest.json")["results"]
+    trained = read_json(run.stage_dir("train_segmenters") / MANIFEST)["results"]
+    generated = read_json(run.stage_dir("train_generator") / MANIFEST)["results"]
     val_cases = run.patient_cases(run.split["val"])
-    frames = []
+    planned = []
     for fraction, draw in run.subsets():
         judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0], draw)
         folder = subset_dir(fraction, draw)
         units = {name: f"{folder}/{name}" for name in run.cfg.experiment.generators}
 
-        def work(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:
-            model, _ = load_model(run.stage_dir("train_segmenters") / judge.name / "best.pt")
+        def compute(unit_dir: Path, fraction=fraction, judge=judge, units=units) -> dict[str, Any]:
+            model, _ = load_model(artifact(run, "train_segmenters", judge.name, SegmenterArtifact).best_checkpoint)
+            made = QualityArtifact()
             train_cases = run.patient_cases(run.fraction_patients(fraction, judge.draw))
             reference = build_reference(model, val_cases, train_cases, qcfg)
             rows = [reference_row(reference).row]
             for name, unit in units.items():
-                generator = load_generator(run.stage_dir("train_generator") / unit / "generator.pt")
+                generator = load_generator(artifact(run, "train_generator", unit, GeneratorArtifact).path)
                 result = evaluate_generator(generator, reference, name)
                 rows.append(result.row)
-                save_pairs_grid(unit_dir / f"pairs_{name}.png", result.images, reference.index.images, result.pairs,
+                save_pairs_grid(unit_dir / made.figure("pairs", name), result.images, reference.index.images, result.pairs,
                                 title=f"{name}: closest synthetic / real-training pairs")
                 if result.style_samples is not None:
-                    save_sample_grid(unit_dir / f"styles_{name}.png", reference.diversity_masks,
+                    save_sample_grid(unit_dir / made.figure("styles", name), reference.diversity_masks,
                                      {f"style {i}": s for i, s in enumerate(result.style_samples)},
                                      title=f"{name}: one held-out mask per column, one style seed per row")
             frame = pd.DataFrame(rows)
             frame.insert(0, "fraction", fraction)
             frame.insert(2, "judge", judge.name)
-            write_csv(frame, unit_dir / "quality.csv")
-            return {"rows": len(frame), "flagged": frame.loc[frame["memorisation_flagged"].astype(bool),
-                                                             "generator"].tolist()}
+            write_csv(frame, unit_dir / made.table)
+            return with_artifact(made, {"rows": len(frame), "flagged": frame.loc[
+                frame["memorisation_flagged"].astype(bool), "generator"].tolist()})
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], result_settings(qcfg))
-        result = run.unit(stage_dir / folder, key, work)
-        for name in result.get("flagged", []):
-            get_logger().warning(f"quality: generator {name!r} at {folder} is flagged as memorising its training "
-                                 f"images (see quality/quality.csv)")
-        frames.append(with_draw(read_table(stage_dir / folder / "quality.csv"), draw))
+        planned.append((Unit(folder, stage_dir / folder, key, compute), draw))
+    results = execute(run, [unit for unit, _ in planned])
+    frames = []
+    for unit, draw in planned:
+        for name in results[unit.name].get("flagged", []):
+            get_logger().warning(f"quality: generator {name!r} at {unit.name} is flagged as memorising its "
+                                 f"training images (see quality/quality.csv)")
+        made = QualityArtifact(**results[unit.name].get("artifact", {}))
+        frames.append(with_draw(read_table(unit.folder / made.table), draw))
     table = pd.concat(frames, ignore_index=True)
     write_csv(table, stage_dir / "quality.csv")
-    return {"rows": int(len(table))}
+    return {**results, "rows": int(len(table))}
 
 
 def report(run: Run) -> dict[str, Any]:
@@ -773,14 +771,8 @@ def _run_stage(run: Run, stage: str) -> dict[str, Any]:
         if stage not in TRAINING_STAGES:
             run.mode = "solo"
             return run.ctx.main_then_broadcast(lambda: stage_fn(run))
-        if run.cfg.launch.mode == "ddp":
-            run.mode = "ddp"
-            return stage_fn(run)
-        run.mode, run._units_seen = "sweep", 0
-        stage_fn(run)  # this process's share of the units
-        run.ctx.barrier()
-        run.mode = "collect"
-        return stage_fn(run)  # every unit is done now: gather their results in order
+        run.mode = run.cfg.launch.mode  # how `execute` shares the stage's training units
+        return stage_fn(run)
     finally:
         run.mode = "ddp"
 

@@ -42,6 +42,8 @@ class Generator(ABC):
     # True for a generator whose images are the real slices only transformed (no new appearance): its arm is an
     # augmentation-only baseline that synthetic arms must beat ("beyond augmentation" in the report).
     augmentation_only: ClassVar[bool] = False
+    # Trained by gradient descent (checkpoints, several processes under DDP) rather than fitted in one pass
+    learned: ClassVar[bool] = False
 
     def __init__(self, config: GeneratorConfig | None = None):
         if config is not None and not isinstance(config, self.config_class):

@@ -28,9 +28,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.io import inside, write_csv, write_nifti, write_text
+from data.types import SYNTHETIC_PREFIX
 from synthesis.masks import MaskDraw
 
-PREFIX = "synth_"
+PREFIX = SYNTHETIC_PREFIX
 MANIFEST = "manifest.csv"
 INTENSITY_SCALE = 1000.0
 FRAME = 1

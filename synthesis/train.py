@@ -111,6 +111,8 @@ class LearnedGenerator(Generator):
     """A generator trained by `fit_loop`. Subclasses build `self.net` (onehot, z -> image in [-1, 1]) and the
     training parts, and implement `train_step`."""
 
+    learned: ClassVar[bool] = True
+
     config: TrainConfig
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
 

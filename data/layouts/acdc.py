@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data.layouts.common import warn_skipped
-from data.types import CaseRef, DataError
+from data.types import SYNTHETIC_PREFIX, CaseRef, DataError
 
 # real ACDC patients, and the synthetic volumes this project writes in the same layout
-PATIENT_DIR = re.compile(r"^(patient\d+|synth_[A-Za-z0-9]+_\d+)$")
-LOOKS_LIKE_PATIENT = re.compile(r"^(patient|synth_)", re.IGNORECASE)  # "Patient004 copy": said, then skipped
+PATIENT_DIR = re.compile(rf"^(patient\d+|{SYNTHETIC_PREFIX}[A-Za-z0-9]+_\d+)$")
+LOOKS_LIKE_PATIENT = re.compile(rf"^(patient|{SYNTHETIC_PREFIX})", re.IGNORECASE)  # "Patient004 copy": said, then skipped
 SUBFOLDERS = ("training", "testing")  # dataset folder given: training/, or testing/ when it is the only one
 SUFFIXES = (".nii.gz", ".nii")
 PHASES = ("ED", "ES")

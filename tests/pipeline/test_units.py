@@ -1,0 +1,96 @@
+"""The contract between the pipeline and its stages (issue 18): planned units, one executor that deals them
+by their place in the list, typed artifacts read back without rebuilding file names."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from data.types import DataError
+from pipeline.cache import write_json
+from pipeline.units import SegmenterArtifact, Unit, artifact, execute, with_artifact
+
+
+@dataclass
+class FakeContext:
+    """A process of a torchrun whose peers already did their share (their done.json is on disk)."""
+
+    rank: int = 0
+    world_size: int = 2
+    barriers: list[int] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        self.barriers.append(1)
+
+
+@dataclass
+class FakeRun:
+    ctx: FakeContext
+    mode: str
+    run_dir: Path
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+def units(root: Path, computed: list[str]) -> list[Unit]:
+    def compute(unit_dir: Path) -> dict:
+        computed.append(unit_dir.name)
+        return {"value": unit_dir.name}
+
+    return [Unit(f"u{i}", root / f"u{i}", f"key{i}", compute, trains=True) for i in range(5)]
+
+
+def test_a_sweep_deals_units_by_their_place_in_the_plan(tmp_path):
+    computed: list[str] = []
+    with pytest.raises(RuntimeError, match="u0: not finished"):  # rank 1 goes first: rank 0's share is not done
+        execute(FakeRun(FakeContext(rank=1), "sweep", tmp_path), units(tmp_path, computed))
+    assert computed == ["u1", "u3"]
+    computed = []
+    results = execute(FakeRun(FakeContext(rank=0), "sweep", tmp_path), units(tmp_path, computed))
+    assert computed == ["u0", "u2", "u4"]
+    assert list(results) == [f"u{i}" for i in range(5)]  # every unit's result, in the planned order
+    assert results["u3"] == {"key": "key3", "value": "u3"}
+    computed = []
+    execute(FakeRun(FakeContext(rank=0), "sweep", tmp_path), units(tmp_path, computed))
+    assert computed == []  # planned again (a resumed run): nothing is computed twice
+
+
+def test_a_unit_a_peer_did_not_finish_is_an_error_naming_it(tmp_path):
+    run = FakeRun(FakeContext(rank=0), "sweep", tmp_path)
+    with pytest.raises(RuntimeError, match="u1: not finished"):
+        execute(run, units(tmp_path, []))
+
+
+def test_a_unit_planned_twice_is_refused(tmp_path):
+    twice = units(tmp_path, [])[:2] * 2
+    with pytest.raises(ValueError, match="planned twice"):
+        execute(FakeRun(FakeContext(world_size=1), "ddp", tmp_path), twice)
+
+
+def test_artifacts_are_read_from_the_manifest_and_never_lead_out_of_their_unit(tmp_path):
+    stage = tmp_path / "train_segmenters"
+    record = {"a/seed0": {"key": "k", **with_artifact(SegmenterArtifact(best_checkpoint="ckpt/best_7.pt"))},
+              "old/seed0": {"key": "k", "best_val_dice": 0.5},  # done before artifacts were recorded
+              "evil/seed0": {"key": "k", "artifact": {"best_checkpoint": "../../../etc/passwd"}}}
+    write_json(stage / "manifest.json", {"results": record})
+    run = FakeRun(FakeContext(world_size=1), "ddp", tmp_path)
+    found = artifact(run, "train_segmenters", "a/seed0", SegmenterArtifact)
+    assert found.best_checkpoint == str(stage / "a/seed0/ckpt/best_7.pt")
+    assert found.metrics_csv == str(stage / "a/seed0/metrics.csv")
+    assert artifact(run, "train_segmenters", "old/seed0", SegmenterArtifact).best_checkpoint == \
+        str(stage / "old/seed0/best.pt")
+    with pytest.raises(DataError, match="evil/seed0 best_checkpoint"):
+        artifact(run, "train_segmenters", "evil/seed0", SegmenterArtifact)
+    assert json.loads((stage / "manifest.json").read_text())["results"]["a/seed0"]["artifact"]["metrics_csv"] \
+        == "metrics.csv"
