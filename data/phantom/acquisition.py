@@ -34,6 +34,7 @@ class ScannerStyle:
 
 
 def _contrast(**overrides: tuple[float, float]) -> Mapping[str, tuple[float, float]]:
+    """Tissue signal ranges relative to blood (bSSFP: T2/T1 contrast), with a style's overrides."""
     base = {
         "blood": (0.92, 1.0), "myocardium": (0.24, 0.32), "fat": (0.85, 1.05), "muscle": (0.2, 0.28),
         "liver": (0.3, 0.42), "spleen": (0.45, 0.6), "lung": (0.03, 0.06), "marrow": (0.35, 0.5),
@@ -67,12 +68,44 @@ STYLES: Mapping[str, ScannerStyle] = MappingProxyType({
 })
 
 
-# Relative amplitude of (fine, coarse) texture per tissue.
+def scanner_style(name: str) -> ScannerStyle:
+    """The style called `name`; a ValueError naming the choices otherwise (a typo in a config)."""
+    if name not in STYLES:
+        raise ValueError(f"style: unknown scanner style {name!r}; expected one of {sorted(STYLES)} or None")
+    return STYLES[name]
+
+
+# Relative amplitude of (fine, coarse) texture per tissue, before the style's `texture` multiplier.
 TEXTURE = {
     "blood": (0.04, 0.05), "myocardium": (0.06, 0.05), "fat": (0.06, 0.1), "muscle": (0.1, 0.08),
     "liver": (0.06, 0.12), "spleen": (0.05, 0.06), "lung": (0.5, 0.4), "marrow": (0.15, 0.1),
     "organ": (0.12, 0.1),
 }
+RV_BLOOD = (0.88, 1.0)  # RV blood signal relative to LV blood (slower flow), drawn
+
+# Geometry of the acquisition, drawn per patient unless fixed.
+MATRIX_MULTIPLE = 8  # matrix sizes are multiples of this (px)
+SHORT_SIDE = (0.78, 0.95)  # short side of the field of view relative to the long one
+PORTRAIT_PROBABILITY = 0.85  # long side along Y, like most ACDC volumes
+READOUT_ALONG_X_PROBABILITY = 0.5  # else the readout (less truncated) axis is Y
+# Coil sensitivity: Gaussian bumps on the body outline (angle about its centre in units of pi, width
+# in mm, gain), field = 1 + COIL_GAIN x bias x gain x bump, times a low-order polynomial drift.
+ANTERIOR_COILS, ANTERIOR_COIL = (2, 4), ((0.55, 1.45), (50, 110), (0.4, 1.0))  # count (high exclusive)
+POSTERIOR_COIL_PROBABILITY, POSTERIOR_COIL = 0.6, ((-0.3, 0.3), (70, 120), (0.2, 0.5))  # weaker, behind
+COIL_GAIN = 3.0
+POLY_TERMS, POLY_STRENGTH = 5, 0.3  # x, y, xy, x^2, y^2 with N(0, 1) weights, times bias x this
+# bSSFP off-resonance banding: dark bands where the phase crosses pi, away from the centre of the image
+# (coordinates: [-1, 1] over each side).
+BANDING_PROBABILITY = 0.85
+BAND_CENTRE = (-0.3, 0.3)  # centre of the off-resonance pattern, each axis
+BAND_RADIUS = (0.75, 1.05)  # radius r0 where the phase reaches pi
+BAND_POWER = (3.0, 6.0)  # phase = pi (r / r0)^q: higher q, sharper growth towards the edge
+BAND_TILT = 0.3  # amplitude of the phase's asymmetric terms (rad)
+BAND_DEPTH = (0.6, 1.0)  # fraction of the style's `banding` depth
+BAND_WIDTH_RAD = (0.12, 0.3)  # Gaussian width of a band in phase
+BAND_START, BAND_RAMP = 0.85, 4  # bands appear from r = 0.85 r0, fully from 0.85 r0 + r0 / 4
+# Zero-filled borders of resliced images: the kept rectangle, tilted, shrunk by a margin per side.
+ZERO_BORDER_TILT_DEG, ZERO_BORDER_MARGIN = (-8, 8), (0.0, 0.08)  # margin: fraction of each side
 
 
 def _tukey(n: int, keep: float, taper: float) -> np.ndarray:
@@ -84,6 +117,12 @@ def _tukey(n: int, keep: float, taper: float) -> np.ndarray:
         w[edge] = 0.5 * (1 + np.cos(np.pi * (f[edge] - (1 - taper)) / taper))
     w[f > 1] = 0.0
     return w
+
+
+def _coil(rng: np.random.Generator, ranges) -> tuple[float, float, float]:
+    """One coil element: (angle on the body outline (rad), width (mm), gain), drawn from `ranges`."""
+    angle_pi, width_mm, gain = ranges
+    return draw(rng, angle_pi) * np.pi, draw(rng, width_mm), draw(rng, gain)
 
 
 @dataclass
@@ -105,28 +144,28 @@ class Acquisition:
     def draw(cls, rng: np.random.Generator, style: ScannerStyle) -> "Acquisition":
         px = draw(rng, style.pixel_mm)
         fov = draw(rng, style.fov_mm)
-        long = int(round(fov / px / 8) * 8)
-        short = int(round(long * rng.uniform(0.78, 0.95) / 8) * 8)
-        shape = (short, long) if rng.random() < 0.85 else (long, short)  # mostly portrait, like ACDC
+        long = int(round(fov / px / MATRIX_MULTIPLE) * MATRIX_MULTIPLE)
+        short = int(round(long * draw(rng, SHORT_SIDE) / MATRIX_MULTIPLE) * MATRIX_MULTIPLE)
+        shape = (short, long) if rng.random() < PORTRAIT_PROBABILITY else (long, short)
         spacing = (px, px, draw(rng, style.slice_spacing_mm))
         thickness = min(draw(rng, style.slice_thickness_mm), spacing[2])
         ro, pe = draw(rng, style.readout_fraction), draw(rng, style.phase_fraction)
-        fx, fy = (ro, pe) if rng.random() < 0.5 else (pe, ro)
+        fx, fy = (ro, pe) if rng.random() < READOUT_ALONG_X_PROBABILITY else (pe, ro)
         window = np.outer(_tukey(shape[0], fx, style.k_taper), _tukey(shape[1], fy, style.k_taper))
         # Coil elements: mostly an anterior array on the chest wall, sometimes a weaker posterior one;
         # (angle about the body centre in the image frame, width in mm, amplitude).
-        coils = [(rng.uniform(0.55, 1.45) * np.pi, rng.uniform(50, 110), rng.uniform(0.4, 1.0))
-                 for _ in range(int(rng.integers(2, 4)))]
-        if rng.random() < 0.6:
-            coils.append((rng.uniform(-0.3, 0.3) * np.pi, rng.uniform(70, 120), rng.uniform(0.2, 0.5)))
-        poly = rng.normal(0, 1, size=5)
+        coils = [_coil(rng, ANTERIOR_COIL) for _ in range(int(rng.integers(*ANTERIOR_COILS)))]
+        if rng.random() < POSTERIOR_COIL_PROBABILITY:
+            coils.append(_coil(rng, POSTERIOR_COIL))
+        poly = rng.normal(0, 1, size=POLY_TERMS)
         band = None
-        if style.banding > 0 and rng.random() < 0.85:
-            band = (rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(0.75, 1.05), rng.uniform(3.0, 6.0),
-                    rng.uniform(0, 2 * np.pi), style.banding * rng.uniform(0.6, 1.0), rng.uniform(0.12, 0.3))
+        if style.banding > 0 and rng.random() < BANDING_PROBABILITY:
+            band = (draw(rng, BAND_CENTRE), draw(rng, BAND_CENTRE), draw(rng, BAND_RADIUS), draw(rng, BAND_POWER),
+                    rng.uniform(0, 2 * np.pi), style.banding * draw(rng, BAND_DEPTH), draw(rng, BAND_WIDTH_RAD))
         zb = None
         if rng.random() < style.zero_border:
-            zb = (math.radians(rng.uniform(-8, 8)), rng.uniform(0.0, 0.08), rng.uniform(0.0, 0.08))
+            zb = (math.radians(draw(rng, ZERO_BORDER_TILT_DEG)), draw(rng, ZERO_BORDER_MARGIN),
+                  draw(rng, ZERO_BORDER_MARGIN))
         return cls(style, shape, spacing, thickness, window, draw(rng, style.noise), draw(rng, style.scale),
                    (coils, poly), band, zb)
 
@@ -152,10 +191,11 @@ class Acquisition:
                                              [math.sin(body.rot), math.cos(body.rot)]]) @ [body.a * math.cos(a),
                                                                                            body.b * math.sin(a)]
             cx, cy = to_image(p)
-            sens = sens + 3.0 * s * amp * np.exp(-((xs[:, None] - cx) ** 2 + (ys[None, :] - cy) ** 2) / (2 * w * w))
+            d2 = (xs[:, None] - cx) ** 2 + (ys[None, :] - cy) ** 2
+            sens = sens + COIL_GAIN * s * amp * np.exp(-d2 / (2 * w * w))
         x = np.linspace(-1, 1, nx)[:, None]
         y = np.linspace(-1, 1, ny)[None, :]
-        field_ = sens * np.exp(s * 0.3 * (poly[0] * x + poly[1] * y + poly[2] * x * y + poly[3] * x * x
+        field_ = sens * np.exp(s * POLY_STRENGTH * (poly[0] * x + poly[1] * y + poly[2] * x * y + poly[3] * x * x
                                           + poly[4] * y * y))
         hx, hy = to_image(heart)
         i = min(max(int(hx / self.spacing[0]), 0), nx - 1)
@@ -164,9 +204,9 @@ class Acquisition:
         if self.band is not None:
             bx, by, r0, q, phi0, depth, width = self.band
             r = np.sqrt((x - bx) ** 2 + ((y - by) * ny / nx) ** 2) / r0
-            phase = np.pi * r ** q + 0.3 * math.sin(phi0) * (x * y) + 0.3 * math.cos(phi0) * (x - y) ** 2
+            phase = np.pi * r ** q + BAND_TILT * math.sin(phi0) * (x * y) + BAND_TILT * math.cos(phi0) * (x - y) ** 2
             off = np.angle(np.exp(1j * (phase - np.pi)))  # bSSFP signal nulls where off-resonance = pi
-            field_ *= 1 - depth * np.exp(-off ** 2 / (2 * width ** 2)) * np.clip((r - 0.85) * 4, 0, 1)
+            field_ *= 1 - depth * np.exp(-off ** 2 / (2 * width ** 2)) * np.clip((r - BAND_START) * BAND_RAMP, 0, 1)
         return field_
 
     def acquire(self, img: np.ndarray, field_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -189,8 +229,9 @@ class Acquisition:
 
 
 def tissue_levels(rng: np.random.Generator, style: ScannerStyle) -> dict[str, float]:
+    """One patient's tissue signal levels (relative to blood), drawn from the style's contrast ranges."""
     levels = {name: draw(rng, rng_range) for name, rng_range in style.contrast.items() if name != "organ"}
-    levels["blood_rv"] = levels["blood"] * rng.uniform(0.88, 1.0)
+    levels["blood_rv"] = levels["blood"] * draw(rng, RV_BLOOD)
     levels["organ_lo"], levels["organ_hi"] = style.contrast["organ"]
     levels["organ"] = 0.5 * (levels["organ_lo"] + levels["organ_hi"])
     return levels

@@ -7,10 +7,29 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from data.phantom.acquisition import STYLES, TEXTURE, Acquisition, ScannerStyle, tissue_levels
-from data.phantom.anatomy import GROUP_PARAMS, GROUPS, Heart, render_heart
+from data.phantom.acquisition import STYLES, TEXTURE, Acquisition, ScannerStyle, scanner_style, tissue_levels
+from data.phantom.anatomy import BG, GROUPS, LV, MYO, RV, Heart, render_heart
 from data.phantom.canvas import Canvas
 from data.phantom.torso import Torso, render_torso
+
+# The person and the cine (Info.cfg), drawn per patient.
+HEIGHT_CM = (152, 195)  # uniform, rounded to whole cm
+BMI, BMI_LIMITS = (26, 4), (18, 40)  # normal (mean, sd) in kg/m^2, clipped to these limits
+FRAMES = (25, 36)  # cine frames per cycle (integers, high exclusive)
+ES_PHASE = (0.3, 0.44)  # ES frame as a fraction of the cycle (ED is frame 1)
+# Pose of the scene in the field of view.
+HEART_PLACE = ((0.4, 0.54), (0.42, 0.56))  # LV centre as a fraction of the field of view (X, Y)
+UPRIGHT_PROBABILITY, TILT_SD_DEG = 0.7, 12  # mostly a small normal tilt of the whole scene ...
+STRONG_TILT_DEG = (20, 40)  # ... else a strong one, either way
+BREATH_HOLD_SD_MM = 1.5  # per-slice shift of the scene: breath holds differ
+# The slice stack, from above the base to about the apex (mm along the slice normal).
+FIRST_SLICE_MM = (-3.0, 7.0)  # first slice relative to the ED base (< 0: above it)
+APEX_MARGIN_MM = 3.0  # slices stop within this of the epicardial apex ...
+SLICE_COUNT = (8, 13)  # ... within these bounds
+EXTRA_SLICE_PROBABILITY = 0.15  # one slice beyond the apex, as some ACDC stacks have
+RV_END_MM = 8.0  # the RV ends at least this far above the last slice
+APEX_T_MAX = 1.1  # depth fraction (of L) at which drift and twist stop growing
+SPECK_MAX_PX = 4  # label islands this small, beside a larger one, are removed
 
 
 @dataclass
@@ -26,6 +45,7 @@ class PhantomPatient:
 
     @property
     def frames(self) -> dict[str, int]:
+        """Frame number of each phase: the file names are patientNNN_frameFF.nii.gz."""
         return {"ED": int(self.info["ED"]), "ES": int(self.info["ES"])}
 
 
@@ -42,23 +62,24 @@ def generate_patient(rng: np.random.Generator | int, style: str | ScannerStyle |
     if style is None:
         style = str(np.random.default_rng(style_seed).choice(sorted(STYLES)))
     if isinstance(style, str):
-        if style not in STYLES:
-            raise ValueError(f"style: unknown scanner style {style!r}; expected one of {sorted(STYLES)} or None")
-        style = STYLES[style]
+        style = scanner_style(style)
     group = group if group is not None else str(anat.choice(GROUPS))
-    if group not in GROUP_PARAMS:
+    if group not in GROUPS:
         raise ValueError(f"group: unknown group {group!r}; expected one of {list(GROUPS)}")
 
-    height = float(np.round(anat.uniform(152, 195)))
-    bmi = float(np.clip(anat.normal(26, 4), 18, 40))
+    height = float(np.round(anat.uniform(*HEIGHT_CM)))
+    bmi = float(np.clip(anat.normal(*BMI), *BMI_LIMITS))
     weight = float(np.round(bmi * (height / 100) ** 2))
-    n_frames = int(anat.integers(25, 36))
-    es_frame = int(round(n_frames * anat.uniform(0.3, 0.44))) + 1
+    n_frames = int(anat.integers(*FRAMES))
+    es_frame = int(round(n_frames * anat.uniform(*ES_PHASE))) + 1
     heart = Heart(anat, group)
     torso = Torso(anat, heart, bmi)
     # Where the heart sits in the field of view and how the whole scene is rotated.
-    place = (anat.uniform(0.4, 0.54), anat.uniform(0.42, 0.56))
-    tilt = anat.normal(0, 12) if anat.random() < 0.7 else anat.choice([-1, 1]) * anat.uniform(20, 40)
+    place = (anat.uniform(*HEART_PLACE[0]), anat.uniform(*HEART_PLACE[1]))
+    if anat.random() < UPRIGHT_PROBABILITY:
+        tilt = anat.normal(0, TILT_SD_DEG)
+    else:
+        tilt = anat.choice([-1, 1]) * anat.uniform(*STRONG_TILT_DEG)
     scene_angle = math.radians(tilt)
 
     scan = np.random.default_rng(scan_seed)
@@ -67,23 +88,23 @@ def generate_patient(rng: np.random.Generator | int, style: str | ScannerStyle |
     texture = {k: (a * style.texture, b * style.texture) for k, (a, b) in TEXTURE.items()}
 
     dz = acq.spacing[2]
-    zeta0 = anat.uniform(-3.0, 7.0)  # first slice relative to the ED base (< 0: above it)
-    n_slices = int(np.clip((heart.L_epi - 3.0 - zeta0) // dz + 1, 8, 13))
-    if n_slices < 13 and anat.random() < 0.15:
-        n_slices += 1  # one slice beyond the apex, as some ACDC stacks have
+    zeta0 = anat.uniform(*FIRST_SLICE_MM)
+    n_slices = int(np.clip((heart.L_epi - APEX_MARGIN_MM - zeta0) // dz + 1, *SLICE_COUNT))
+    if n_slices < SLICE_COUNT[1] and anat.random() < EXTRA_SLICE_PROBABILITY:
+        n_slices += 1
     zetas = zeta0 + dz * np.arange(n_slices)
-    heart.L_rv = min(heart.L_rv, zetas[-1] - 8.0)  # the RV ends before the last slice
-    sub = [-acq.thickness / 3, 0.0, acq.thickness / 3]
+    heart.L_rv = min(heart.L_rv, zetas[-1] - RV_END_MM)
+    sub = [-acq.thickness / 3, 0.0, acq.thickness / 3]  # 3 samples across the slice: through-plane partial volume
     heart.calibrate([z + s for z in zetas for s in sub])
     origin = np.array([place[0] * acq.shape[0] * acq.spacing[0], place[1] * acq.shape[1] * acq.spacing[1]])
-    jitter = anat.normal(0, 1.5, size=(n_slices, 2))  # breath-hold position differs per slice
+    jitter = anat.normal(0, BREATH_HOLD_SD_MM, size=(n_slices, 2))
     field_ = acq.fields(torso.body, origin, scene_angle, np.zeros(2))
 
     images = {p: np.zeros(acq.shape + (n_slices,), np.float32) for p in ("ED", "ES")}
     masks = {p: np.zeros(acq.shape + (n_slices,), np.uint8) for p in ("ED", "ES")}
     slice_seeds = anat.integers(0, 2 ** 63, size=(n_slices, 2))  # textures, background details
     for k, zeta in enumerate(zetas):
-        t = float(np.clip(zeta / heart.L, 0, 1.1))
+        t = float(np.clip(zeta / heart.L, 0, APEX_T_MAX))
         canvas = Canvas(acq.shape, acq.spacing[:2], origin + jitter[k], scene_angle, tissue, texture,
                          np.random.default_rng(slice_seeds[k, 0]))
         render_torso(canvas, torso, zeta, t, np.random.default_rng(slice_seeds[k, 1]))
@@ -101,12 +122,12 @@ def generate_patient(rng: np.random.Generator | int, style: str | ScannerStyle |
     return PhantomPatient(group=group, style=style.name, info=info, affine=affine, images=images, masks=masks)
 
 
-def _drop_specks(labels: np.ndarray, max_size: int = 4) -> np.ndarray:
+def _drop_specks(labels: np.ndarray, max_size: int = SPECK_MAX_PX) -> np.ndarray:
     """Remove isolated few-pixel islands that partial volume leaves at thin tips (e.g. of the RV)."""
-    for label in (1, 2, 3):
+    for label in (RV, MYO, LV):
         comp, n = ndimage.label(labels == label)
         if n > 1:
             sizes = np.bincount(comp.ravel())
             small = (sizes <= max_size) & (np.arange(sizes.size) > 0) & (sizes < sizes[1:].max())
-            labels[small[comp]] = 0
+            labels[small[comp]] = BG
     return labels

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 N_THETA = 512  # samples of a radial function over one turn
-THETA = np.linspace(0.0, 2.0 * np.pi, N_THETA, endpoint=False)
+THETA = np.linspace(0.0, 2.0 * np.pi, N_THETA, endpoint=False)  # its angles (rad)
+FOURIER_AMP_DRAW = (0.3, 1.0)  # each outline harmonic gets this fraction of its nominal amplitude, drawn
+MIN_SEMI_AXIS_MM = 1.0  # a shrunk blob keeps at least this semi-axis (mm)
+_EPS = 1e-9  # keeps the normalised radius and its gradient off zero at a blob's centre
 
 
 def draw(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    """One uniform draw from a (low, high) range: every prior in the phantom is such a range."""
     return float(rng.uniform(*lo_hi))
 
 
@@ -20,7 +23,7 @@ def fourier(rng: np.random.Generator, amps: tuple[float, ...], k0: int = 2) -> n
     """1 + sum_k a_k cos(k theta + phi_k) on the theta grid: a smooth, random, non-circular outline."""
     out = np.ones(N_THETA)
     for k, amp in enumerate(amps, start=k0):
-        out += rng.uniform(0.3, 1.0) * amp * np.cos(k * THETA + rng.uniform(0, 2 * np.pi))
+        out += rng.uniform(*FOURIER_AMP_DRAW) * amp * np.cos(k * THETA + rng.uniform(0, 2 * np.pi))
     return out
 
 
@@ -65,7 +68,9 @@ class Ellipse:
     power: float = 2.0  # > 2: a squarer superellipse
 
     def grown(self, t: float) -> "Ellipse":
-        return Ellipse(self.c, max(self.a + t, 1.0), max(self.b + t, 1.0), self.rot, self.shape, self.power)
+        """The same blob with both semi-axes grown by t mm (negative: shrunk), e.g. a wall around it."""
+        return Ellipse(self.c, max(self.a + t, MIN_SEMI_AXIS_MM), max(self.b + t, MIN_SEMI_AXIS_MM), self.rot,
+                       self.shape, self.power)
 
     def sd(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Signed distance (mm, > 0 outside), first order: (rho_n - r(theta)) / |grad rho_n|."""
@@ -74,16 +79,17 @@ class Ellipse:
         p, q = cr * du + sr * dv, -sr * du + cr * dv
         pa, qb = p / self.a, q / self.b
         if self.power == 2.0:
-            rho = np.sqrt(pa * pa + qb * qb) + 1e-9
-            grad = np.sqrt((pa / self.a) ** 2 + (qb / self.b) ** 2) / rho + 1e-9
+            rho = np.sqrt(pa * pa + qb * qb) + _EPS
+            grad = np.sqrt((pa / self.a) ** 2 + (qb / self.b) ** 2) / rho + _EPS
         else:
             e = self.power
             ap, aq = np.abs(pa) ** (e - 1), np.abs(qb) ** (e - 1)
-            rho = (ap * np.abs(pa) + aq * np.abs(qb)) ** (1 / e) + 1e-9
-            grad = np.sqrt((ap / self.a) ** 2 + (aq / self.b) ** 2) * rho ** (1 - e) + 1e-9
+            rho = (ap * np.abs(pa) + aq * np.abs(qb)) ** (1 / e) + _EPS
+            grad = np.sqrt((ap / self.a) ** 2 + (aq / self.b) ** 2) * rho ** (1 - e) + _EPS
         r = 1.0 if self.shape is None else lookup(self.shape, np.arctan2(qb, pa))
         return (rho - r) / grad
 
     @property
     def radius(self) -> float:
+        """Bounding radius (mm): how far from `c` painting must look."""
         return max(self.a, self.b) * (1.0 if self.shape is None else float(self.shape.max()))

@@ -7,17 +7,18 @@ import numpy as np
 from tqdm import tqdm
 
 from data.io import write_nifti, write_text
-from data.phantom.acquisition import STYLES
+from data.phantom.acquisition import scanner_style
 from data.phantom.anatomy import GROUPS
 from data.phantom.patient import PhantomPatient, generate_patient
-
 
 # Bump whenever the generator's output changes for a given seed; caches keyed on the phantom should
 # include it (pipeline.run keys the phantom stage on patients and seed only).
 PHANTOM_VERSION = 1
+PATIENT_DIR = "patient{:03d}"  # ACDC folder name of patient i (1-based)
 
 
 def _info_cfg(patient: PhantomPatient, seed: int) -> str:
+    """ACDC's Info.cfg (one `Key: value` a line, one decimal for height and weight) plus our provenance."""
     i = patient.info
     return (f"ED: {i['ED']}\nES: {i['ES']}\nGroup: {i['Group']}\nHeight: {i['Height']:.1f}\n"
             f"NbFrame: {i['NbFrame']}\nWeight: {i['Weight']:.1f}\n"
@@ -31,13 +32,13 @@ def write_phantom(out_dir: Path | str, n_patients: int, seed: int, style: str | 
     """
     if n_patients < 1:
         raise ValueError(f"n_patients: expected at least 1, got {n_patients}")
-    if style is not None and style not in STYLES:
-        raise ValueError(f"style: unknown scanner style {style!r}; expected one of {sorted(STYLES)} or None")
+    if style is not None:
+        scanner_style(style)  # fail before anything is written
     out_dir = Path(out_dir)
     folders = []
     children = np.random.SeedSequence(seed).spawn(n_patients)
     for i in tqdm(range(n_patients), desc="phantom", unit="patient", leave=False):
-        pid = f"patient{i + 1:03d}"
+        pid = PATIENT_DIR.format(i + 1)
         patient = generate_patient(np.random.default_rng(children[i]), style, group=GROUPS[i % len(GROUPS)])
         pdir = out_dir / pid
         for phase, frame in patient.frames.items():
