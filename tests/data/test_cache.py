@@ -12,6 +12,7 @@ from data.cache import cache_key, prepare_cases
 from data.config import PreprocessConfig
 from data.io import write_nifti
 from data.types import CaseRef, DataError
+from tests.helpers import count_calls
 
 
 def write_case(folder, patient, phase, rng, value=3):
@@ -34,15 +35,7 @@ def refs(tmp_path, rng):
 @pytest.fixture
 def loads(monkeypatch):
     """Counts calls of data.validate.load_case (what a cache hit must avoid)."""
-    calls = []
-    real = data.validate.load_case
-
-    def counting(ref, *args, **kwargs):
-        calls.append(ref.case_id)
-        return real(ref, *args, **kwargs)
-
-    monkeypatch.setattr(data.validate, "load_case", counting)
-    return calls
+    return count_calls(monkeypatch, data.validate, "load_case")
 
 
 CFG = PreprocessConfig(target_spacing=1.5, crop_size=32)

@@ -18,6 +18,7 @@ from data.preprocess import preprocess_case
 from data.types import CaseRef, DataError, DataWarning
 from segmentation.datasets import make_train_stream
 from tests.segmentation.cases import tiny_config
+from tests.helpers import count_calls
 
 CFG = PreprocessConfig(target_spacing=2.0, crop_size=96)
 
@@ -37,15 +38,7 @@ def in_memory(refs):
 @pytest.fixture
 def builds(monkeypatch):
     """Case ids data.cache preprocesses in this process (what a store hit avoids)."""
-    calls = []
-    real = data.cache.preprocess_case
-
-    def counting(ref, *args, **kwargs):
-        calls.append(ref.case_id)
-        return real(ref, *args, **kwargs)
-
-    monkeypatch.setattr(data.cache, "preprocess_case", counting)
-    return calls
+    return count_calls(monkeypatch, data.cache, "preprocess_case")
 
 
 def assert_same_cases(got, expected):
