@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from data.types import DataError, Volume, WriteError
 
@@ -178,6 +179,20 @@ def write_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray, *, is_l
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """A CSV of the run (empty frame if absent or empty); `generator` stays text ('' for the real arm)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    except pd.errors.EmptyDataError:  # e.g. statistics.csv of a real-only sweep: nothing to compare
+        return pd.DataFrame()
+    if "generator" in frame:
+        frame["generator"] = frame["generator"].fillna("").astype(str)
+    return frame
 
 
 def write_csv(frame, path: Path | str) -> Path:

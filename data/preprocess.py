@@ -22,17 +22,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from data.config import PreprocessConfig
+from data.orientation import canonical_axes
 from data.types import CaseRef, DataError, PreparedCase, Volume
+from data.validate import load_case
 
 # Bump when the preprocessing output changes for the same inputs and config: it invalidates caches.
 PREPROCESS_VERSION = 1
-
-# Relative tolerance under which two voxel spacings count as equal when choosing the slice axis.
-_SPACING_TIE_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -128,27 +126,6 @@ def _to_lists(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- forward
-
-
-def canonical_axes(affine: np.ndarray) -> tuple[int, tuple[int, int], tuple[bool, bool]]:
-    """(slice axis, in-plane axes in H/W order, flips of H/W) for a voxel->world affine."""
-    affine = np.asarray(affine, dtype=np.float64)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    if not np.all(np.isfinite(affine)) or np.any(spacing <= 0):
-        raise ValueError(f"affine has a zero or non-finite voxel axis (spacing {spacing.tolist()})")
-    ties = [a for a in range(3) if spacing[a] >= spacing.max() * (1 - _SPACING_TIE_RTOL)]
-    slice_axis = ties[-1]
-    inplane = [a for a in range(3) if a != slice_axis]
-    # io_orientation on the 3-output, 2-input part: which world axis each in-plane axis is closest to.
-    sub = np.eye(4)[:, :3]
-    sub[:3, :2] = affine[:3, inplane]
-    ornt = io_orientation(sub)
-    if np.any(np.isnan(ornt)):  # degenerate in-plane directions: keep the file's order
-        return slice_axis, (inplane[0], inplane[1]), (False, False)
-    order = np.argsort(ornt[:, 0], kind="stable")
-    axes = (inplane[order[0]], inplane[order[1]])
-    flips = (bool(ornt[order[0], 1] < 0), bool(ornt[order[1], 1] < 0))
-    return slice_axis, axes, flips
 
 
 def orient(array: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -326,8 +303,6 @@ def _warn_cropped(path, lost: int, geometry: Geometry) -> None:
 def preprocess_case(ref: CaseRef, cfg: PreprocessConfig, label_map: dict[int, int] | None = None, *,
                     role: str = "train", require_mask: bool = True) -> PreparedCase:
     """Read + validate + remap labels (`data.validate.load_case`), then `preprocess_volume`."""
-    from data.validate import load_case
-
     image, mask = load_case(ref, label_map, require_mask=require_mask, role=role)
     return preprocess_volume(image, mask, cfg, ref)
 

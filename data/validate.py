@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from data.io import read_volume, write_csv
 from data.labels import remap_labels, validate_label_map
 from data.layouts import list_cases
+from data.orientation import canonical_axes
 from data.types import LABELS, STRUCTURES, CaseRef, DataError, DataWarning, Volume
 
 ROLES = ("train", "val", "test")
@@ -78,8 +79,6 @@ def _read_3d(path: Path, dtype=None) -> Volume:
 
 def slice_axis(volume: Volume) -> int:
     """The through-plane axis, by the one rule preprocessing uses (the coarsest spacing, ties -> last)."""
-    from data.preprocess import canonical_axes
-
     return canonical_axes(volume.affine)[0]
 
 

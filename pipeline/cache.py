@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 DONE = "done.json"
+UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STARTED = ".started"
 
 
@@ -151,3 +152,9 @@ def invalidate_stage(stage_dir: Path) -> None:
     """--force: forget that the stage and its units were finished (their checkpoints are discarded too)."""
     if Path(stage_dir).exists():
         shutil.rmtree(stage_dir)
+
+
+def unsealings(run_dir: Path | str) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/unsealed.json: every time this run directory's sealed test set was scored."""
+    path = Path(run_dir) / UNSEALED
+    return read_json(path) if path.is_file() else []

@@ -23,6 +23,7 @@ from data.config import DataConfig
 from data.settings import RUNTIME, role
 from pipeline.errors import ConfigError
 from segmentation.config import AUGMENTATIONS, SegmentationConfig
+from synthesis.base import REGISTRY
 from synthesis.config import QualityConfig, SynthesisConfig
 
 ARMS = ("real", "real+synthetic", "synthetic")
@@ -348,9 +349,6 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
     if needs_generators and not cfg.experiment.generators:
         raise _error(source, ("experiment.generators", "experiment.arms"),
                      f"experiment.arms {cfg.experiment.arms} need at least one entry in experiment.generators")
-    from synthesis.base import REGISTRY
-    import synthesis.generators  # noqa: F401  (fills the registry)
-
     for i, name in enumerate(cfg.experiment.generators):
         if name not in REGISTRY:
             raise _error(source, f"experiment.generators[{i}]", f"experiment.generators[{i}] = {name!r} is not a "

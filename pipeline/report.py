@@ -11,7 +11,7 @@ import io
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -21,16 +21,29 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from data.io import write_bytes, write_text  # noqa: E402
+from data.io import read_table, write_bytes, write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
-from pipeline.cache import read_json  # noqa: E402
-from pipeline.config import to_dict  # noqa: E402
+from pipeline.cache import UNSEALED, read_json, unsealings  # noqa: E402
+from pipeline.config import PipelineConfig, to_dict  # noqa: E402
 from pipeline.units import (GeneratorArtifact, QualityArtifact, SyntheticSet, artifact,  # noqa: E402
                             subset_dir)
 from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, headline, with_conditions  # noqa: E402
 
-if TYPE_CHECKING:
-    from pipeline.run import Run
+
+
+class Run(Protocol):
+    """What the report reads of a run (`pipeline.run.Run`): its config, split, prepared cases and stage folders."""
+
+    cfg: PipelineConfig
+    run_dir: Path
+    split: dict[str, Any]
+    test_open: bool
+    mode: str
+    ctx: Any
+
+    def patient_cases(self, patients: list[str]) -> list[Any]: ...
+
+    def stage_dir(self, stage: str) -> Path: ...
 
 DRAW_MODES = {"disjoint": "pairwise disjoint (no patient in two draws)",
               "independent": "independent seeded draws (too few training patients for disjoint ones: draws may "
@@ -275,12 +288,10 @@ def _selection_section(doc: _Doc, ev: Path) -> None:
 
 def _seal_section(doc: _Doc, run: "Run") -> None:
     """Whether the test set is sealed, and every time it was unsealed (RUN_DIR/unsealed.json)."""
-    from pipeline.run import UNSEALED, unsealings
-
     if not run.cfg.evaluate.sealed:
         return
     doc.heading("Sealed test set")
-    records = unsealings(run)
+    records = unsealings(run.run_dir)
     if not run.test_open:
         doc.para(SEALED)
     if records:
@@ -318,19 +329,6 @@ def convergence_note(row: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV of the run (empty frame if absent or empty); `generator` stays text ('' for the real arm)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
-    except pd.errors.EmptyDataError:  # e.g. statistics.csv of a real-only sweep: nothing to compare
-        return pd.DataFrame()
-    if "generator" in frame:
-        frame["generator"] = frame["generator"].fillna("").astype(str)
-    return frame
-
-
 def _mid(volume: np.ndarray, mask: np.ndarray | None = None) -> int:
     if mask is not None and mask.any():
         slices = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))

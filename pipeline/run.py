@@ -18,21 +18,23 @@ import numpy as np
 import pandas as pd
 
 from data.config import TestSetConfig
+from data.io import read_table
 from data.settings import result_settings
 from data.types import CaseRef, PreparedCase
-from pipeline.cache import (MANIFEST, StageRecord, invalidate_stage, read_json, stable_hash, stage_current,
-                            write_stage_manifest)
+from pipeline.cache import (MANIFEST, UNSEALED, StageRecord, invalidate_stage, read_json, stable_hash, stage_current,
+                            unsealings, write_stage_manifest)
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
+from pipeline.report import write_report
 from pipeline.units import (GeneratorArtifact, QualityArtifact, SegmenterArtifact, SyntheticSet, Unit, artifact,
                             execute, subset_dir, with_artifact)
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
+from synthesis.base import REGISTRY
 
 SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
-UNSEALED = "unsealed.json"  # RUN_DIR/unsealed.json: one record per `--unseal` of a sealed test set
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -207,9 +209,6 @@ class Run:
 
     def augmentation_only(self) -> frozenset[str]:
         """Generators whose images are real slices only transformed (e.g. `warp`): arms that add no new images."""
-        import synthesis.generators  # noqa: F401  (fills the registry)
-        from synthesis.base import REGISTRY
-
         return frozenset(name for name in self.cfg.experiment.generators if REGISTRY[name].augmentation_only)
 
 
@@ -287,8 +286,7 @@ def train_generator(run: Run) -> dict[str, Any]:
 
 def plan_generators(run: Run) -> list[Unit]:
     """One unit per training subset x generator, fitted on that subset's patients only."""
-    import synthesis.generators  # noqa: F401  (fills the registry)
-    from synthesis.base import REGISTRY, build_generator
+    from synthesis.base import build_generator
 
     units = []
     for fraction, draw in run.subsets():
@@ -412,7 +410,6 @@ def evaluate(run: Run) -> dict[str, Any]:
     from data.io import write_csv
     from segmentation.evaluate import evaluate_cases, summarize
     from segmentation.model import load_model
-    from pipeline.report import read_table
     from segmentation.selection import select_variants
     from segmentation.statistics import compare_to_real, draw_table, robustness_table, seed_table
 
@@ -527,7 +524,6 @@ def quality(run: Run) -> dict[str, Any]:
     """Per fraction: every generator's synthetic images judged by the real arm's segmenter (first seed) on the
     validation patients' masks (quality.csv; closest-pair and style grids for the report)."""
     from data.io import write_csv
-    from pipeline.report import read_table
     from segmentation.model import load_model
     from synthesis.base import load_generator, save_sample_grid
     from synthesis.quality import build_reference, evaluate_generator, reference_row, save_pairs_grid
@@ -582,8 +578,6 @@ def quality(run: Run) -> dict[str, Any]:
 
 
 def report(run: Run) -> dict[str, Any]:
-    from pipeline.report import write_report
-
     paths = write_report(run)
     return {k: str(v) for k, v in paths.items()}
 
@@ -609,7 +603,7 @@ def stage_config(run: Run, stage: str) -> Any:
                              **({"scored": "test" if run.test_open else "val"} if cfg.evaluate.sealed else {})},
         "quality": lambda: {"quality": settings(cfg.quality), "experiment": settings(cfg.experiment)},
         "report": lambda: {"profile": cfg.profile,
-                           **({"unsealed": len(unsealings(run))} if cfg.evaluate.sealed else {})},
+                           **({"unsealed": len(unsealings(run.run_dir))} if cfg.evaluate.sealed else {})},
     }[stage]()
 
 
@@ -647,12 +641,6 @@ def needed_stages(cfg: PipelineConfig) -> list[str]:
     return [s for s in STAGES if s not in skip]
 
 
-def unsealings(run: Run) -> list[dict[str, Any]]:
-    """The records of RUN_DIR/unsealed.json: every time this run directory's sealed test set was scored."""
-    path = run.run_dir / UNSEALED
-    return read_json(path) if path.is_file() else []
-
-
 def record_unsealing(run: Run, scored: bool) -> None:
     """Append this `--unseal` to RUN_DIR/unsealed.json: UTC time, a hash of the config (what was run, no git
     needed), the evaluate key and whether the test patients were scored now (False: an earlier scoring of the
@@ -664,7 +652,7 @@ def record_unsealing(run: Run, scored: bool) -> None:
     record = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "config_hash": stable_hash({k: v for k, v in to_dict(run.cfg).items() if k != "run_dir"}),
               "evaluate_key": run.keys["evaluate"], "test_patients": len(run.split["test"]), "scored_now": scored}
-    records = unsealings(run) + [record]
+    records = unsealings(run.run_dir) + [record]
     write_json(run.run_dir / UNSEALED, records)
     get_logger().warning(f"test set unsealed: scored {'now' if scored else 'before (cached)'}, recorded in "
                          f"{run.run_dir / UNSEALED} ({len(records)} unsealing(s) so far)")

@@ -16,13 +16,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from data.io import inside
 from pipeline.cache import DONE, MANIFEST, read_json, run_unit, unit_done
 
-if TYPE_CHECKING:
-    from pipeline.run import Run
+
+class RunLike(Protocol):
+    """What the executor and `artifact` need of a run (`pipeline.run.Run`)."""
+
+    ctx: Any  # segmentation.runtime.DistributedContext
+    mode: str  # "ddp", "sweep" or "solo": how the current stage's training units use the processes
+
+    def stage_dir(self, stage: str) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Unit:
     ddp: bool = True  # for a training unit: False when several processes gain nothing (e.g. fitting the GMM)
 
 
-def execute(run: "Run", units: list[Unit]) -> dict[str, dict[str, Any]]:
+def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
     """Every unit's result by name ({"key": ..., **result}), in the order planned. Training units under
     torchrun: all processes train each together (`launch.mode: ddp`), or unit i is trained by process
     i mod world_size alone (`sweep`) and every process then reads the others' done.json. Other units (and
@@ -120,7 +126,7 @@ def with_artifact(artifact: Any, result: dict[str, Any] | None = None) -> dict[s
     return {"artifact": dataclasses.asdict(artifact), **(result or {})}
 
 
-def artifact(run: "Run", stage: str, name: str, kind: type[A]) -> A:
+def artifact(run: RunLike, stage: str, name: str, kind: type[A]) -> A:
     """Unit `name`'s artifact of stage `stage`, from that stage's manifest, its paths made absolute. A unit done
     before artifacts were recorded has the default file names of `kind` (the names those runs wrote)."""
     results = read_json(run.stage_dir(stage) / MANIFEST)["results"]

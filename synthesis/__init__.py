@@ -10,3 +10,8 @@
 - `quality`     segmentation consistency, Fréchet distance/KID, memorisation, diversity, intensities
 - `export_nnunet`, `cli`  nnU-Net v2 export and the `synthesize` / `export-nnunet` commands
 """
+from __future__ import annotations
+
+# Importing the package registers every generator (synthesis.generators fills synthesis.base.REGISTRY), so
+# whoever imports synthesis.base finds the registry full, without an import hidden in a function.
+from synthesis import generators  # noqa: E402,F401

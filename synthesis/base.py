@@ -137,14 +137,9 @@ def read_generator_file(path: Path | str) -> dict[str, Any]:
     return payload
 
 
-def _fill_registry() -> None:
-    import synthesis.generators  # noqa: F401  (registers every generator)
-
-
 def build_generator(name: str, config: Any = None) -> Generator:
     """A fresh generator. `config` may be its section, a `SynthesisConfig` (the section is picked), a dict of
     the section's keys, or None for the defaults."""
-    _fill_registry()
     if name not in REGISTRY:
         raise ValueError(f"unknown generator {name!r}; available: {sorted(REGISTRY)}")
     cls = REGISTRY[name]
@@ -157,7 +152,6 @@ def build_generator(name: str, config: Any = None) -> Generator:
 
 def load_generator(path: Path | str) -> Generator:
     """Load a saved generator of any kind: the file names its class."""
-    _fill_registry()
     name = read_generator_file(path)["generator"]
     if name not in REGISTRY:
         raise DataError(path, f"generator {name!r} is not available here; available: {sorted(REGISTRY)}")

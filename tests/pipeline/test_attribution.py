@@ -25,7 +25,7 @@ def attribution(phantom_root, tmp_path_factory) -> Path:
 
 
 def read(run_dir: Path, name: str) -> pd.DataFrame:
-    from pipeline.report import read_table
+    from data.io import read_table
 
     return read_table(run_dir / "evaluate" / name)
 
