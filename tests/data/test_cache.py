@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-import data.validate
+import data.preprocess
 from data.cache import cache_key, prepare_cases
 from data.config import PreprocessConfig
 from data.io import write_nifti
@@ -34,8 +34,8 @@ def refs(tmp_path, rng):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Counts calls of data.validate.load_case (what a cache hit must avoid)."""
-    return count_calls(monkeypatch, data.validate, "load_case")
+    """Counts calls of load_case by preprocessing (what a cache hit must avoid)."""
+    return count_calls(monkeypatch, data.preprocess, "load_case")
 
 
 CFG = PreprocessConfig(target_spacing=1.5, crop_size=32)
