@@ -8,9 +8,10 @@ min(32, gcd(channels)) groups; attention heads have gcd(channels[-1], 32) channe
 
 Training (`train_step`, run by `synthesis.train.fit_loop`: checkpoints, EMA, resumption, DDP and grids as for
 `spade`/`cvae`): a `DDPMScheduler` with 1000 timesteps, `DiffusionInferer` noising the image at a uniform random
-timestep, MSE between the network's output and the noise (`prediction_type: epsilon`) or v (`v_prediction`).
-Noise and timesteps come from `Batch.randn` / `Batch.rand`, so a step does not depend on how the global batch is
-split over processes.
+timestep, MSE between the network's output and v (`prediction_type: v_prediction`, the default) or the noise
+(`epsilon`). Noise and timesteps come from `Batch.randn` / `Batch.rand`, so a step does not depend on how the
+global batch is split over processes. Cost on one shared CPU thread, defaults, 128 px: ~2.9 training samples/s
+(a step of 8 in ~2.8 s) and ~6 s per slice sampled (50 DDIM steps).
 
 Sampling: a `DDIMScheduler` (eta 0: no noise is added along the way) in `sample_steps` <= 50 steps, on the EMA
 weights. The start noise is ONE (H, W) field drawn from the seed and given to every slice of the stack (one

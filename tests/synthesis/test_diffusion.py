@@ -55,6 +55,7 @@ def test_built_from_its_config_section():
     assert isinstance(gen.config, DiffusionConfig) and gen.learned
     assert synth.size_divisor("diffusion") == 2 ** (len(gen.config.channels) - 1) == 8
     assert gen.config.sample_steps == 50 and gen.config.background == "generated"
+    assert gen.config.prediction_type == gen.scheduler.prediction_type == "v_prediction"
     assert gen.scheduler.num_train_timesteps == 1000
     gen.build((32, 32), training=False)
     assert isinstance(gen.net, SPADEDiffusionModelUNet) and gen.net.label_nc == 4
@@ -76,9 +77,9 @@ def test_settings_are_checked_and_the_full_profile_loads():
             "synthesis.masks.source_mix={sampled: 1.0}"])
 
 
-def test_training_logs_one_finite_loss_and_v_prediction_trains(pairs, fitted, tmp_path):
+def test_training_logs_one_finite_loss_and_epsilon_prediction_trains(pairs, tmp_path):
     masks, images = pairs
-    figures = build_generator("diffusion", tiny_config("diffusion", prediction_type="v_prediction", schedule="cosine",
+    figures = build_generator("diffusion", tiny_config("diffusion", prediction_type="epsilon", schedule="cosine",
                                                        sample_steps=2)).fit(masks, images, tmp_path, seed=0)
     assert figures["steps"] == 3 and np.isfinite(figures["final_losses"]["loss"])
     with open(tmp_path / "metrics.csv") as f:
