@@ -1,5 +1,5 @@
 """The generators; importing this package fills `synthesis.base.REGISTRY`."""
-from synthesis.generators import cvae, gmm, pix2pix, spade, warp  # noqa: F401
+from synthesis.generators import cvae, diffusion, gmm, pix2pix, spade, warp  # noqa: F401
 
 from synthesis.base import REGISTRY
 

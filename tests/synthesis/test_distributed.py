@@ -36,6 +36,7 @@ EXACT = {  # generator -> overrides; every optional part of the GAN step on exce
     "spade": dict(diffaugment="", r1_gamma=1.0, r1_every=2, lambda_fm=1.0),
     "pix2pix": dict(diffaugment="", dropout=0.5),
     "cvae": dict(),
+    "diffusion": dict(),
 }
 
 

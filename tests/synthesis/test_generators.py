@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from synthesis.base import REGISTRY, build_generator, check_pair, load_generator
-from synthesis.config import CVAEConfig, GMMConfig, Pix2PixConfig, SpadeConfig, SynthesisConfig
+from synthesis.config import CVAEConfig, DiffusionConfig, GMMConfig, Pix2PixConfig, SpadeConfig, SynthesisConfig
 from synthesis.diffaugment import diff_augment
 
 
 SIZE = 32
+GENERATORS = ("gmm", "spade", "pix2pix", "cvae", "diffusion")  # every generator that paints
+LEARNED = GENERATORS[1:]
 TISSUE = np.array([0.15, 0.55, 0.30, 0.80], np.float32)  # bg, RV, MYO, LV
 
 
@@ -37,7 +39,8 @@ def tiny_config(name: str, **overrides):
     cfg = {"gmm": lambda: GMMConfig(),
            "spade": lambda: SpadeConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **gan, **loop),
            "pix2pix": lambda: Pix2PixConfig(features=[4, 4, 8, 8, 16, 4], **gan, **loop),
-           "cvae": lambda: CVAEConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **loop)}[name]()
+           "cvae": lambda: CVAEConfig(channels=[8, 16], spade_hidden=8, head_channels=4, z_dim=4, **loop),
+           "diffusion": lambda: DiffusionConfig(channels=[8, 16], spade_hidden=8, sample_steps=4, **loop)}[name]()
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -53,7 +56,7 @@ def trained(pairs, tmp_path_factory):
     """Each generator fitted once (a few steps) for the tests below."""
     masks, images = pairs
     out = {}
-    for name in ("gmm", "spade", "pix2pix", "cvae"):
+    for name in GENERATORS:
         gen = build_generator(name, tiny_config(name))
         gen.fit(masks, images, tmp_path_factory.mktemp(name), seed=0)
         out[name] = gen
@@ -62,12 +65,12 @@ def trained(pairs, tmp_path_factory):
 
 def test_registry_has_all_generators():
     build_generator("gmm")  # fills the registry
-    assert {"gmm", "spade", "pix2pix", "cvae"} <= set(REGISTRY)
+    assert set(GENERATORS) <= set(REGISTRY)
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator("nope")
 
 
-@pytest.mark.parametrize("name", ["gmm", "spade", "pix2pix", "cvae"])
+@pytest.mark.parametrize("name", GENERATORS)
 def test_sample_shape_range_and_seeds(trained, pairs, name):
     masks = pairs[0][:5]
     gen = trained[name]
@@ -78,7 +81,7 @@ def test_sample_shape_range_and_seeds(trained, pairs, name):
     assert np.abs(a - gen.sample(masks, seed=4)).mean() > 1e-4, "the seed must change the style/noise"
 
 
-@pytest.mark.parametrize("name", ["gmm", "spade", "pix2pix", "cvae"])
+@pytest.mark.parametrize("name", GENERATORS)
 def test_save_load_round_trip(trained, pairs, tmp_path, name):
     gen = trained[name]
     path = gen.save(tmp_path / "gen.pt")
@@ -104,7 +107,7 @@ def test_a_file_from_another_version_is_a_clear_error(trained, tmp_path):
         load_generator(tmp_path / "junk.pt")
 
 
-@pytest.mark.parametrize("name", ["spade", "pix2pix", "cvae"])
+@pytest.mark.parametrize("name", LEARNED)
 def test_slices_share_one_style(trained, pairs, name):
     """One seed = one style for the whole stack: a slice's image does not depend on the other slices or on
     how the stack is chunked."""

@@ -86,7 +86,7 @@ def test_gmm_real_background_keeps_the_slice_outside_the_heart(tmp_path):
         gen.sample(masks, seed=1)
 
 
-@pytest.mark.parametrize("name", ["gmm", "cvae", "spade"])
+@pytest.mark.parametrize("name", ["gmm", "cvae", "spade", "diffusion"])
 def test_tissue_generators_round_trip_and_need_context(name, tmp_path):
     masks, images = torso_pairs()
     gen = build_generator(name, tiny_config(name, tissue_classes=3))
