@@ -8,6 +8,7 @@ Training length is counted in optimisation steps, never epochs.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ class GeneratorConfig:
         """The settings, as set here, that need the real slice behind each mask (`sample`'s context); an empty
         name: the generator needs it whatever its settings."""
         return ["tissue_classes"] if self.tissue_classes else []
+
+    def size_divisor(self) -> int:
+        """What image sides must be divisible by for this generator's networks (1: any size)."""
+        return 1
 
 
 @dataclass
@@ -180,6 +185,9 @@ class SpadeConfig(AdversarialConfig):
                              "help": "weight of L1 between the image and its reconstruction from its own style "
                                      "code (is_vae only)"})
 
+    def size_divisor(self) -> int:
+        return 2 ** len(self.channels)
+
 
 @dataclass
 class Pix2PixConfig(AdversarialConfig):
@@ -200,6 +208,9 @@ class Pix2PixConfig(AdversarialConfig):
                            "help": "dropout of the three coarser decoder blocks; also applied at sampling time, with one mask "
                                    "per seed shared by all slices, so that seeds give different images"})
     lambda_l1: float = field(default=100.0, metadata={"min": 0.0, "help": "weight of L1 to the real image"})
+
+    def size_divisor(self) -> int:
+        return 16  # BasicUNet: four 2x poolings
 
 
 @dataclass
@@ -227,6 +238,9 @@ class CVAEConfig(TrainConfig):
     kl_warmup_steps: int = field(default=500, metadata={"min": 0,
                                  "help": "steps over which the KL weight ramps linearly from 0 (0 = none)"})
     reconstruction: str = field(default="l1", metadata={"choices": ["l1", "l2"], "help": "reconstruction loss"})
+
+    def size_divisor(self) -> int:
+        return 2 ** len(self.channels)
 
 
 
@@ -272,10 +286,8 @@ class DiffusionConfig(TrainConfig):
     def context_settings(self) -> list[str]:
         return super().context_settings() + (["background"] if self.background == "real" else [])
 
-
-GENERATOR_SECTIONS: dict[str, type[GeneratorConfig]] = {
-    "gmm": GMMConfig, "warp": WarpConfig, "spade": SpadeConfig, "pix2pix": Pix2PixConfig, "cvae": CVAEConfig,
-    "diffusion": DiffusionConfig}
+    def size_divisor(self) -> int:
+        return 2 ** (len(self.channels) - 1)  # the coarsest level is not downsampled
 
 
 @dataclass
@@ -335,17 +347,7 @@ class SynthesisConfig:
 
     def size_divisor(self, name: str) -> int:
         """What image sides must be divisible by for generator `name`."""
-        return size_divisor(self.generator_config(name))
-
-
-def size_divisor(cfg: GeneratorConfig) -> int:
-    if isinstance(cfg, Pix2PixConfig):
-        return 16  # BasicUNet: four 2x poolings
-    if isinstance(cfg, (SpadeConfig, CVAEConfig)):
-        return 2 ** len(cfg.channels)
-    if isinstance(cfg, DiffusionConfig):
-        return 2 ** (len(cfg.channels) - 1)  # the coarsest level is not downsampled
-    return 1
+        return self.generator_config(name).size_divisor()
 
 
 def config_from_dict(cls: type, values: dict[str, Any]):
@@ -363,3 +365,9 @@ def parse_diffaugment(policy: str) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"diffaugment: unknown op {bad[0]!r}; choose from {list(DIFFAUGMENT_OPS)}")
     return ops
+
+
+# Generator name -> its section's class: every field of SynthesisConfig holding a generator's settings.
+GENERATOR_SECTIONS: dict[str, type[GeneratorConfig]] = {
+    name: hint for name, hint in typing.get_type_hints(SynthesisConfig).items()
+    if isinstance(hint, type) and issubclass(hint, GeneratorConfig)}

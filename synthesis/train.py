@@ -46,7 +46,7 @@ from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
 from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
-from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment, size_divisor
+from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment
 from synthesis.diffaugment import diff_augment
 
 CHECKPOINT = "checkpoint.pt"
@@ -169,7 +169,7 @@ class LearnedGenerator(Generator):
     # ------------------------------------------------------------------------------------ shared
     @property
     def divisor(self) -> int:
-        return size_divisor(self.config)
+        return self.config.size_divisor()
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
