@@ -176,13 +176,15 @@ def write_report(run: "Run") -> dict[str, Path]:
                  "final_val_dice_mean: their validation Dice at the last step.")
         doc.table(seeds)
     if len(comparison):
-        doc.para("Paired comparison with the real arm (evaluate/statistics.csv): difference in mean Dice, "
-                 "bootstrap 95 % CI (ci_method: over test patients with one draw of training patients; over draws, "
+        doc.para("Paired comparison with the real arm (evaluate/statistics.csv, which also holds each run's difference, "
+                 "seed_diffs and draw_diffs): difference in mean Dice, "
+                 "bootstrap 95 % CI (over test patients with one draw of training patients; over draws, "
                  "then test patients within each, with several), Wilcoxon signed-rank p over patients; the "
                  "differences per run (draw x seed) with a t-test over them, and the draws with a positive "
-                 "difference. caveat: why a row is not evidence (segmenters not converged, or the real arm below "
-                 "experiment.real_dice_floor); empty when it can be read.")
-        doc.table(comparison)
+                 "difference. converged / real_below_floor: whether the row can be read as evidence (both arms' "
+                 "segmenters converged, the real arm above experiment.real_dice_floor); the headline and the CSV's "
+                 "caveat column say why not.")
+        doc.table(comparison[[c for c in STATISTICS_SHOWN if c in comparison]])
         draws = read_table(ev / "draws.csv")
         if len(draws) and draws["draw"].nunique() > 1:
             doc.para("Per draw of training patients (evaluate/draws.csv): the difference to real on that draw "
@@ -224,6 +226,13 @@ def write_report(run: "Run") -> dict[str, Path]:
     md_path = write_text(out_dir / "report.md", "\n".join(doc.md))
     return {"html": html_path, "md": md_path}
 
+
+# The columns of statistics.csv the report shows (the per-run differences, the method and the caveat's text stay in
+# the CSV; the headline states each caveat): a table of every column squeezes its last column into single words.
+STATISTICS_SHOWN = ["fraction", "arm", "generator", "augmentation", "reference_kind", "reference", "n_patients",
+                    "reference_mean", "arm_mean", "diff_mean", "ci_low", "ci_high", "p_wilcoxon_patients",
+                    "seeds_positive", "n_seeds", "p_ttest_seeds", "draws_positive", "n_draws", "converged",
+                    "real_below_floor"]
 
 QUALITY_COLUMNS = {
     "generator": "set", "consistency_dice_mean": "seg. consistency Dice", "consistency_gap": "gap to real",
