@@ -679,6 +679,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
              f"on this machine; OMP_NUM_THREADS lowers it)")
     wanted = stages or needed_stages(cfg)
     needed = needed_stages(cfg)
+    last = max((needed.index(s) for s in wanted if s in needed), default=len(needed) - 1)
+    needed = needed[:last + 1]  # up to the last stage asked for, whether it runs or is already current
     for i, stage in enumerate(needed):
         if run.ctx.is_distributed and not set(needed[i:]) & set(TRAINING_STAGES):
             from segmentation.runtime import shutdown_distributed
@@ -716,8 +718,6 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
                 record_unsealing(run, scored=True)
         run.ctx.barrier()
         log.info(f"[{stage}] done in {wall:.1f} s")
-        if stage == wanted[-1]:
-            break
     return run
 
 

@@ -277,3 +277,14 @@ def test_a_real_arm_below_the_floor_flags_every_comparison(finished, extra_sets,
     stats = pd.read_csv(run_dir / "evaluate" / "statistics.csv", keep_default_na=False)
     assert stats["caveat"].str.contains("below the floor 1").all() and stats["real_below_floor"].all()
     assert "NO CONCLUSION" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_stages_up_to_one_already_current_stop_there(phantom_root, extra_sets, finished, tmp_path):
+    """`--stages prepare,...,synthesize` on a run whose stages are all current: nothing runs, and the later stages
+    (current or not) are neither run nor asked for."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    shutil.rmtree(run_dir / "evaluate")  # a later stage that is not current must not matter
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets), stages=["prepare", "train_generator", "synthesize"])
+    assert done_stamps(run_dir) == before and not (run_dir / "evaluate").exists()
