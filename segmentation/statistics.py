@@ -271,20 +271,28 @@ def headline(comparison: pd.DataFrame) -> list[str]:
         row = versus.get("real", rows.iloc[0])
         what = _subject(arm, generator, augmentation)
         start = f"With {fraction:.0%} of the real training patients, {what}"
-        caveats = [r.caveat for r in versus.values() if isinstance(getattr(r, "caveat", ""), str) and r.caveat]
-        if caveats:
+        if _caveat(row):
             sentences.append(
-                f"{start}: NO CONCLUSION, {caveats[0]}. The measured difference ({100 * row.diff_mean:+.1f} points "
+                f"{start}: NO CONCLUSION, {_caveat(row)}. The measured difference ({100 * row.diff_mean:+.1f} points "
                 f"vs {row.reference} over {row.n_patients} test patients) is not evidence of a gain or a loss; "
                 f"train longer (segmentation.steps) and re-run.")
             continue
         sentence = f"{start} changes mean Dice by {_effect(row)} vs {row.reference}"
         beyond = versus.get("best augmentation-only")
-        if beyond is not None:
+        if beyond is not None and _caveat(beyond):  # each comparison is judged on its own segmenters
+            sentence += (f"; beyond augmentation: NO CONCLUSION, {_caveat(beyond)} (measured "
+                         f"{100 * beyond.diff_mean:+.1f} points vs {beyond.reference}, chosen on validation Dice)")
+        elif beyond is not None:
             sentence += (f"; beyond augmentation: {_effect(beyond)} vs the best augmentation-only arm "
                          f"({beyond.reference}, chosen on validation Dice)")
         sentences.append(sentence + ".")
     return sentences
+
+
+def _caveat(row) -> str:
+    """Why a comparison row is not evidence ('' when it can be read)."""
+    caveat = getattr(row, "caveat", "")
+    return caveat if isinstance(caveat, str) else ""
 
 
 def _subject(arm: str, generator: str, augmentation: str) -> str:

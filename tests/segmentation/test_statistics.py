@@ -63,6 +63,16 @@ def test_comparisons_of_unconverged_segmenters_state_no_effect():
     assert "NO CONCLUSION" in headline(compare_to_real(frame, real_dice_floor=0.9))[0]
 
 
+def test_each_comparison_of_a_sentence_is_judged_on_its_own_segmenters():
+    """vs real: readable; vs the best augmentation-only arm (real [strong], not converged): no conclusion."""
+    frame = _per_case(0.05).assign(augmentation="standard", converged=True, best_val_dice=0.7)
+    strong = frame[frame["arm"] == "real"].assign(augmentation="strong", converged=False, best_val_dice=0.9)
+    sentence = [s for s in headline(compare_to_real(pd.concat([frame, strong], ignore_index=True)))
+                if "spade" in s][0]
+    assert "changes mean Dice by +5.0 points" in sentence
+    assert "beyond augmentation: NO CONCLUSION, segmenters had not converged" in sentence
+
+
 # ------------------------------------------------------------------ issue 14: draws of training patients
 def _drawn(effects: dict[int, float], seeds=(0, 1), n_patients: int = 5) -> pd.DataFrame:
     """One _per_case table per draw (its own effect), stacked with a `draw` column."""
