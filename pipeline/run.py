@@ -419,8 +419,8 @@ def evaluate(run: Run) -> dict[str, Any]:
     units_dir = stage_dir if run.test_open else stage_dir / "sealed_val"
     extra_sets = {t.name: (run.extra_cases(t), t.label_map) for t in run.cfg.data.extra_test_sets} \
         if run.test_open else {}
-    units = []
-    for seg in run.segmenters():
+    units, segmenters = [], run.segmenters()
+    for seg in segmenters:
         scored_patients = run.test_patients(seg.fraction, seg.draw) if run.test_open else run.split["val"]
         test_sets = {"": (run.patient_cases(scored_patients), run.cfg.data.label_map), **extra_sets}
 
@@ -446,7 +446,7 @@ def evaluate(run: Run) -> dict[str, Any]:
         units.append(Unit(seg.name, units_dir / seg.name, key, compute))
     execute(run, units)
     frames = {name: [with_share(with_draw(read_table(unit.folder / name), seg.draw), seg.share(run.cfg.segmentation))
-                     for unit, seg in zip(units, run.segmenters())] for name in SCORED}
+                     for unit, seg in zip(units, segmenters)] for name in SCORED}
     status = segmenter_status(run)
     variants = with_status(pd.concat(frames[SCORED[0]], ignore_index=True), status)
     exp = run.cfg.experiment
@@ -574,7 +574,7 @@ def quality(run: Run) -> dict[str, Any]:
         frames.append(with_draw(read_table(unit.folder / made.table), draw))
     table = pd.concat(frames, ignore_index=True)
     write_csv(table, stage_dir / "quality.csv")
-    return {**results, "rows": int(len(table))}
+    return {"rows": int(len(table))}
 
 
 def report(run: Run) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from data.io import inside
-from pipeline.cache import DONE, MANIFEST, read_json, run_unit, unit_done
+from pipeline.cache import DONE, read_json, run_unit, unit_done
 
 
 class RunLike(Protocol):
@@ -127,18 +127,15 @@ def with_artifact(artifact: Any, result: dict[str, Any] | None = None) -> dict[s
 
 
 def artifact(run: RunLike, stage: str, name: str, kind: type[A]) -> A:
-    """Unit `name`'s artifact of stage `stage`, from that stage's manifest, its paths made absolute. A unit done
-    before artifacts were recorded has the default file names of `kind` (the names those runs wrote)."""
-    results = read_json(run.stage_dir(stage) / MANIFEST)["results"]
+    """Unit `name`'s artifact of stage `stage`, from the unit's own record (its done.json: one small file per
+    call, not the whole stage manifest), its paths made absolute. A unit done before artifacts were recorded has
+    the default file names of `kind` (the names those runs wrote)."""
     folder = run.stage_dir(stage) / name
-    if name in results:
-        recorded = results[name].get("artifact") or {}
-    elif (folder / DONE).is_file():  # a stage whose manifest lists no units (quality before artifacts)
-        recorded = (read_json(folder / DONE).get("result") or {}).get("artifact") or {}
-    else:
-        raise KeyError(f"{run.stage_dir(stage) / MANIFEST}: no unit {name!r}")
+    source = folder / DONE
+    if not source.is_file():
+        raise KeyError(f"{source}: unit {name!r} of stage {stage!r} is not done")
+    recorded = (read_json(source).get("result") or {}).get("artifact") or {}
     found = kind(**{f.name: recorded[f.name] for f in dataclasses.fields(kind) if f.name in recorded})
-    source = run.stage_dir(stage) / MANIFEST  # a path it records never leads out of the unit folder
-    return dataclasses.replace(found, **{
+    return dataclasses.replace(found, **{  # a path it records never leads out of the unit folder
         f.name: str(inside(folder, getattr(found, f.name), source=source, what=f"{name} {f.name}"))
         for f in dataclasses.fields(kind) if f.type in (str, "str")})

@@ -69,12 +69,13 @@ def test_a_unit_planned_twice_is_refused(tmp_path):
         execute(FakeRun(FakeContext(world_size=1), "ddp", tmp_path), twice)
 
 
-def test_artifacts_are_read_from_the_manifest_and_never_lead_out_of_their_unit(tmp_path):
+def test_artifacts_are_read_from_the_unit_record_and_never_lead_out_of_their_unit(tmp_path):
     stage = tmp_path / "train_segmenters"
-    record = {"a/seed0": {"key": "k", **with_artifact(SegmenterArtifact(best_checkpoint="ckpt/best_7.pt"))},
-              "old/seed0": {"key": "k", "best_val_dice": 0.5},  # done before artifacts were recorded
-              "evil/seed0": {"key": "k", "artifact": {"best_checkpoint": "../../../etc/passwd"}}}
-    write_json(stage / "manifest.json", {"results": record})
+    results = {"a/seed0": with_artifact(SegmenterArtifact(best_checkpoint="ckpt/best_7.pt")),
+               "old/seed0": {"best_val_dice": 0.5},  # done before artifacts were recorded
+               "evil/seed0": {"artifact": {"best_checkpoint": "../../../etc/passwd"}}}
+    for name, result in results.items():
+        write_json(stage / name / "done.json", {"key": "k", "result": result})
     run = FakeRun(FakeContext(world_size=1), "ddp", tmp_path)
     found = artifact(run, "train_segmenters", "a/seed0", SegmenterArtifact)
     assert found.best_checkpoint == str(stage / "a/seed0/ckpt/best_7.pt")
@@ -83,5 +84,7 @@ def test_artifacts_are_read_from_the_manifest_and_never_lead_out_of_their_unit(t
         str(stage / "old/seed0/best.pt")
     with pytest.raises(DataError, match="evil/seed0 best_checkpoint"):
         artifact(run, "train_segmenters", "evil/seed0", SegmenterArtifact)
-    assert json.loads((stage / "manifest.json").read_text())["results"]["a/seed0"]["artifact"]["metrics_csv"] \
+    with pytest.raises(KeyError, match="not done"):
+        artifact(run, "train_segmenters", "missing/seed0", SegmenterArtifact)
+    assert json.loads((stage / "a/seed0/done.json").read_text())["result"]["artifact"]["metrics_csv"] \
         == "metrics.csv"
