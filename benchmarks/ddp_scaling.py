@@ -31,7 +31,7 @@ def worker(args: argparse.Namespace) -> None:
     from segmentation.config import SegmentationConfig
     from segmentation.runtime import init_distributed, shutdown_distributed
     from segmentation.train import train_segmenter
-    from synthesis.config import SpadeConfig
+    from synthesis.generators.spade import SpadeConfig
     from synthesis.generators.spade import SpadeGenerator
 
     if args.threads:

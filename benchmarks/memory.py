@@ -31,7 +31,7 @@ def run_stage(stage: str, args: argparse.Namespace, device: torch.device) -> dic
     from segmentation.evaluate import predict_probabilities
     from segmentation.model import build_model
     from segmentation.train import train_segmenter
-    from synthesis.config import SpadeConfig
+    from synthesis.generators.spade import SpadeConfig
     from synthesis.generators.spade import SpadeGenerator
 
     cases = random_cases(n_cases=8, n_slices=10, size=args.size)

@@ -33,7 +33,8 @@ from segmentation.datasets import build_train_transforms
 from segmentation.model import build_loss, build_model, build_optimizer
 from segmentation.runtime import autocast, autocast_dtype, grad_scaler
 from segmentation.train import train_segmenter
-from synthesis.config import SpadeConfig, parse_diffaugment
+from synthesis.config import parse_diffaugment
+from synthesis.generators.spade import SpadeConfig
 from synthesis.diffaugment import diff_augment
 from synthesis.generators.spade import SpadeGenerator, kl_divergence
 from synthesis.train import build_discriminator

@@ -17,6 +17,9 @@ from typing import Any
 
 ROLE = "role"
 RESULT, RUNTIME, RESUMABLE = "result", "runtime", "resumable"
+# `metadata={"synthetic_only": True}`: a result setting that only arms with synthetic data read (the synthetic
+# share): left out of the real arm's keys, so tuning it never retrains the real-only baseline.
+SYNTHETIC_ONLY = "synthetic_only"
 
 
 def role(f: dataclasses.Field) -> str:
@@ -26,6 +29,11 @@ def role(f: dataclasses.Field) -> str:
 def names_with_role(section: Any, *roles: str) -> frozenset[str]:
     """The field names of a config dataclass (class or instance) whose role is one of `roles`."""
     return frozenset(f.name for f in dataclasses.fields(section) if role(f) in roles)
+
+
+def synthetic_only(section: Any) -> frozenset[str]:
+    """The field names of a config dataclass that only arms with synthetic data read."""
+    return frozenset(f.name for f in dataclasses.fields(section) if f.metadata.get(SYNTHETIC_ONLY, False))
 
 
 def result_settings(section: Any) -> Any:

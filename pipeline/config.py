@@ -24,7 +24,8 @@ from data.settings import RUNTIME, role
 from pipeline.errors import ConfigError
 from segmentation.config import AUGMENTATIONS, SegmentationConfig
 from synthesis.base import REGISTRY
-from synthesis.config import QualityConfig, SynthesisConfig
+from synthesis.config import QualityConfig
+from synthesis.generators import SynthesisConfig
 
 ARMS = ("real", "real+synthetic", "synthetic")
 

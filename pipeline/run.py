@@ -19,7 +19,7 @@ import pandas as pd
 
 from data.config import TestSetConfig
 from data.io import read_table
-from data.settings import result_settings
+from data.settings import result_settings, synthetic_only
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (MANIFEST, UNSEALED, StageRecord, invalidate_stage, read_json, stable_hash, stage_current,
                             unsealings, write_stage_manifest)
@@ -34,7 +34,6 @@ from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
 from synthesis.base import REGISTRY
 
-SYNTHETIC_SETTINGS = frozenset({"synthetic_ratio"})  # segmentation settings the real arm never reads
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
 TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
 
@@ -391,11 +390,12 @@ def plan_segmenters(run: Run) -> list[Unit]:
                                      dist=run.train_context())
             made = SegmenterArtifact(best_checkpoint=str(Path(result.best_checkpoint).relative_to(unit_dir)),
                                      metrics_csv=str(Path(result.metrics_csv).relative_to(unit_dir)))
-            return with_artifact(made, _plain(result))
+            figures = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, Path)}
+            return with_artifact(made, figures)  # paths only in the artifact, relative to the unit folder
 
         settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
-            settings = {k: v for k, v in settings.items() if k not in SYNTHETIC_SETTINGS}
+            settings = {k: v for k, v in settings.items() if k not in synthetic_only(SegmentationConfig)}
         key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
                           seg.identity(), settings, synthetic_key(synth, seg))
         units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key, compute, trains=True))
@@ -763,9 +763,3 @@ def _run_stage(run: Run, stage: str) -> dict[str, Any]:
         return stage_fn(run)
     finally:
         run.mode = "ddp"
-
-
-def _plain(result: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(result):
-        result = dataclasses.asdict(result)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(result).items()}

@@ -43,7 +43,7 @@ class SegmentationConfig:
                                    "checkpoints; the last step is always validated"})
 
     # --- data ----------------------------------------------------------------------------------------
-    synthetic_ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0,
+    synthetic_ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0, "synthetic_only": True,
                                    "help": "expected fraction of each batch drawn from the synthetic set in "
                                            "the real+synthetic arm"})
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,

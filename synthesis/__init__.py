@@ -1,8 +1,9 @@
 """Synthesis stage: mask -> image generators, their training loop, mask sources, writers and quality metrics.
 
 - `base`        Generator interface and registry (build_generator, load_generator), sample grids
-- `config`      one config section per generator, the mask sources and the quality metrics
-- `generators`  gmm (non-learned label -> image), spade, pix2pix, cvae
+- `config`      the bases of the generator sections, the stage's own settings and the quality metrics
+- `generators`  one module per generator (class + settings): gmm, warp (non-learned), spade, pix2pix, cvae,
+                diffusion; the package also assembles `SynthesisConfig` from the registry
 - `train`       fit_loop: the one training loop of the learned generators (EMA, grids, checkpoints, DDP);
                 `diffaugment` the differentiable augmentation its discriminators see
 - `masks`       real, deformed and sampled masks with plausibility checks; `shape_model` samples new ones

@@ -1,6 +1,7 @@
 """The one interface every mask->image generator implements, and the registry that picks one by name.
 
-Adding a generator = one subclass + `@register("name")` (in `synthesis/generators/`). Images are float32 in
+Adding a generator = one module: a subclass + `@register("name")` and its settings (a `GeneratorConfig` subclass,
+set as `config_class`), in `synthesis/generators/` or in an installed package's `cmr_synth.generators` entry point. Images are float32 in
 [0, 1] (the data stage's normalisation); masks are uint8 in the internal convention (0 bg, 1 RV, 2 MYO, 3 LV).
 Both are (N, H, W). A generator with `tissue_classes` > 0 also conditions on the torso: `sample` then takes
 `context`, the real slices each mask was drawn or deformed from, and labels their background with tissue
@@ -28,7 +29,11 @@ FILE_FORMAT = 1
 def register(name: str):
     def deco(cls: type[Generator]) -> type[Generator]:
         if name in REGISTRY:
-            raise ValueError(f"generator {name!r} registered twice")
+            raise ValueError(f"generator {name!r} registered twice ({REGISTRY[name].__module__} and {cls.__module__})")
+        if not name.isidentifier():
+            raise ValueError(f"generator name {name!r}: expected a Python identifier (it names a YAML section)")
+        if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, GeneratorConfig)):
+            raise TypeError(f"generator {name!r}: config_class must be a GeneratorConfig subclass")
         cls.name = name
         REGISTRY[name] = cls
         return cls

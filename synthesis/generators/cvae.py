@@ -9,6 +9,7 @@ smoother (blurrier) images.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -16,9 +17,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthesis.base import register
-from synthesis.config import CVAEConfig
-from synthesis.generators.spade import SpadeStyleNet, kl_divergence, reparameterize
+from synthesis.config import TrainConfig
+from synthesis.generators.spade import SpadeDecoderConfig, SpadeStyleNet, kl_divergence, reparameterize
 from synthesis.train import Batch, LearnedGenerator
+
+
+@dataclass
+class CVAEConfig(SpadeDecoderConfig, TrainConfig):
+    """Conditional VAE: q(z | image, mask) by a conv encoder, p(image | z, mask) by a SPADE decoder."""
+
+    lr: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "learning rate (Adam)"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={
+        "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas"})
+    z_dim: int = field(default=16, metadata={"min": 1, "max": 1024, "help": "latent size"})
+    lambda_kl: float = field(default=0.01, metadata={"min": 0.0,
+                             "help": "beta: weight of KL (summed over z, mean over the batch) against the "
+                                     "per-pixel mean reconstruction loss"})
+    kl_warmup_steps: int = field(default=500, metadata={"min": 0,
+                                 "help": "steps over which the KL weight ramps linearly from 0 (0 = none)"})
+    reconstruction: str = field(default="l1", metadata={"choices": ["l1", "l2"], "help": "reconstruction loss"})
 
 
 @register("cvae")

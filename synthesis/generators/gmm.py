@@ -24,6 +24,7 @@ was drawn or deformed from (`context`):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,11 +34,46 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from synthesis.base import Generator, check_masks, check_pair, register, require_context, save_sample_grid
-from synthesis.config import GMMConfig
+from synthesis.config import GeneratorConfig
 
 MIN_PIXELS = 20  # a structure smaller than this in a slice says little about its intensity
 TEXTURE_SCALE_PX = 2.0  # "fine scale": detail finer than a Gaussian of this sigma (pixels)
 GRID_MASKS, GRID_STYLES = 6, 3
+
+
+@dataclass
+class GMMConfig(GeneratorConfig):
+    """Label-wise intensity model (SynthSeg / TorchIO RandomLabelsToImage style); all sizes in pixels."""
+
+    bg_components: int = field(default=3, metadata={"min": 1, "max": 8,
+                               "help": "Gaussian components of the background intensity mixture"})
+    style_scale: float = field(default=1.0, metadata={"min": 0.0, "max": 5.0,
+                               "help": "spread of the per-volume label means around the fitted ones "
+                                       "(1 = the spread between real slices, 0 = always the fitted means)"})
+    texture_sigma: float = field(default=1.0, metadata={"min": 0.0, "max": 20.0,
+                                 "help": "correlation length (Gaussian sigma, pixels) of the texture"})
+    texture_scale: float = field(default=1.0, metadata={"min": 0.0, "max": 5.0,
+                                 "help": "texture amplitude relative to the fitted fine-scale spread per label"})
+    bg_blob_sigma: float = field(default=8.0, metadata={"min": 0.5, "max": 50.0,
+                                 "help": "size (Gaussian sigma, pixels) of the random background regions, each "
+                                         "of one intensity drawn from one mixture component"})
+    partial_volume_sigma: float = field(default=0.8, metadata={"min": 0.0, "max": 10.0,
+                                        "help": "Gaussian blur (pixels) for partial-volume edges"})
+    bias_field_degree: int = field(default=3, metadata={"min": 1, "max": 6,
+                                   "help": "polynomial degree of the multiplicative bias field (MONAI RandBiasField)"})
+    bias_field_coeff: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0,
+                                    "help": "bias-field coefficients drawn from [-c, c]; one field per volume"})
+    noise_std: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5,
+                             "help": "largest Rician noise level (drawn per volume from [0, noise_std]; "
+                                     "intensity units of the [0, 1] images)"})
+    background: str = field(default="synthetic", metadata={
+        "choices": ["synthetic", "real"],
+        "help": "synthetic: painted, by tissue class (tissue_classes > 0) or as random regions; real: the real "
+                "slice the mask was drawn or deformed from (warped alike) is kept and only the heart is "
+                "synthesised (background-preserving mode; needs mask sources real/deformed)"})
+
+    def context_settings(self) -> list[str]:
+        return super().context_settings() + (["background"] if self.background == "real" else [])
 
 
 @register("gmm")

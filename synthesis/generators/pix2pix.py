@@ -9,6 +9,7 @@ the same images. Expect little diversity between seeds: that is pix2pix.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from data.types import NUM_CLASSES
 from synthesis.base import register
-from synthesis.config import Pix2PixConfig
+from synthesis.config import AdversarialConfig
 from synthesis.train import AdversarialGenerator, Batch
 
 
@@ -59,6 +60,30 @@ class UNetGenerator(nn.Module):
 
     def forward(self, onehot: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(self.unet(onehot))
+
+
+@dataclass
+class Pix2PixConfig(AdversarialConfig):
+    """MONAI BasicUNet generator with decoder dropout (kept on, per seed, at sampling time) and a PatchGAN
+    discriminator."""
+
+    lr_g: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "generator learning rate (Adam)"})
+    lr_d: float = field(default=2e-4, metadata={"min": 0.0, "max": 1.0, "help": "discriminator learning rate"})
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={
+        "len": 2, "min": 0.0, "max": 0.9999, "help": "Adam betas of both optimisers"})
+    lambda_fm: float = field(default=10.0, metadata={"min": 0.0,
+                             "help": "weight of discriminator feature matching (pix2pixHD): a gradient that stays "
+                                     "informative when D wins"})
+    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 16], metadata={
+        "len": 6, "min": 1,
+        "help": "MONAI BasicUNet features: 5 levels (sides must be divisible by 16) and the last decoder block"})
+    dropout: float = field(default=0.2, metadata={"min": 0.0, "max": 0.9,
+                           "help": "dropout of the three coarser decoder blocks; also applied at sampling time, with one mask "
+                                   "per seed shared by all slices, so that seeds give different images"})
+    lambda_l1: float = field(default=100.0, metadata={"min": 0.0, "help": "weight of L1 to the real image"})
+
+    def size_divisor(self) -> int:
+        return 16  # BasicUNet: four 2x poolings
 
 
 @register("pix2pix")

@@ -12,6 +12,7 @@ one per seed, shared by all slices of a volume. Two departures from SPADENet as 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from data.types import NUM_CLASSES
 from synthesis.base import register
-from synthesis.config import SpadeConfig
+from synthesis.config import AdversarialConfig, GeneratorConfig
 from synthesis.train import AdversarialGenerator, Batch
 
 LEAKY = ("LEAKYRELU", {"negative_slope": 0.2})
@@ -63,6 +64,39 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | N
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q || N(0, I)) summed over z, averaged over the batch."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+@dataclass
+class SpadeDecoderConfig(GeneratorConfig):
+    """The settings of `SpadeStyleNet`, shared by every generator built on it (`spade`, `cvae`)."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128], metadata={
+        "min": 1, "min_len": 1, "unique": False,
+        "help": "encoder channels, finest to coarsest (the decoder mirrors them); sides must be divisible "
+                "by 2**len(channels)"})
+    spade_hidden: int = field(default=32, metadata={"min": 1, "max": 1024,
+                              "help": "hidden channels of each SPADE normalisation block"})
+    head_channels: int = field(default=16, metadata={"min": 1, "max": 256,
+                               "help": "feature channels at full resolution before the 1-channel output conv"})
+    upsampling: str = field(default="bilinear", metadata={
+        "choices": ["nearest", "bilinear"],
+        "help": "decoder upsampling; nearest (SPADE's) leaves blocks of the coarse latent visible in the background"})
+    z_dim: int = field(default=32, metadata={"min": 1, "max": 1024, "help": "style code (latent) size"})
+
+    def size_divisor(self) -> int:
+        return 2 ** len(self.channels)  # one 2x downsampling per encoder level
+
+
+@dataclass
+class SpadeConfig(SpadeDecoderConfig, AdversarialConfig):
+    """MONAI SPADE decoder (+ style encoder when is_vae) with a PatchGAN discriminator."""
+
+    is_vae: bool = field(default=True, metadata={
+        "help": "encode the real image's style (VAE-GAN, KL + L1); false = plain GAN fed with noise z"})
+    lambda_kl: float = field(default=0.05, metadata={"min": 0.0, "help": "weight of the KL term (is_vae)"})
+    lambda_l1: float = field(default=1.0, metadata={"min": 0.0,
+                             "help": "weight of L1 between the image and its reconstruction from its own style "
+                                     "code (is_vae only)"})
 
 
 @register("spade")

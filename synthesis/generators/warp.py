@@ -10,13 +10,29 @@ the deformed anatomies add anything beyond on-the-fly augmentation. Nothing is l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from synthesis.base import Generator, check_masks, check_pair, register, require_context
-from synthesis.config import WarpConfig
+from synthesis.config import GeneratorConfig
+
+
+@dataclass
+class WarpConfig(GeneratorConfig):
+    """Deformation only: the real slice under its mask draw's warp, nothing painted (needs mask sources real/deformed).
+
+    The arm that tells what deformation alone brings; it has no settings of its own (`synthesis.masks` decides the
+    warps, as for every generator)."""
+
+    tissue_classes: int = field(default=0, metadata={
+        "choices": [0], "help": "always 0: warp paints nothing, so it has no torso classes to condition on"})
+    tissue_smooth_px: float = field(default=1.0, metadata={"min": 0.0, "max": 10.0, "help": "unused by warp"})
+
+    def context_settings(self) -> list[str]:
+        return [""]  # what it returns IS the real slice
 
 
 @register("warp")

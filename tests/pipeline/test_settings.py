@@ -66,6 +66,15 @@ def test_resumable_settings_are_in_keys_but_let_a_checkpoint_go_on():
     assert resumable_differences(saved, dataclasses.replace(spade, lr_g=spade.lr_g * 2)) == ["lr_g"]
 
 
+def test_the_synthetic_share_is_declared_synthetic_only_and_is_a_result_setting():
+    """The real arm leaves `synthetic_only` settings out of its key (declared on the field, not in a list)."""
+    from data.settings import synthetic_only
+    from segmentation.config import SegmentationConfig
+
+    assert synthetic_only(SegmentationConfig) == {"synthetic_ratio"}
+    assert not synthetic_only(SegmentationConfig) & names_with_role(SegmentationConfig, RUNTIME)
+
+
 def test_pipeline_yaml_marks_every_runtime_setting():
     base = (REPO / "pipeline.yaml").read_text().split("\nprofiles:")[0]
     marked = sum("# [runtime] " in line for line in base.splitlines())

@@ -17,7 +17,8 @@ from scipy import ndimage
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from synthesis.base import build_generator, load_generator
-from synthesis.config import DiffusionConfig, SynthesisConfig
+from synthesis.generators import SynthesisConfig
+from synthesis.generators.diffusion import DiffusionConfig
 from synthesis.generators.diffusion import blend_weight, inpaint_region
 from tests.synthesis.test_generators import tiny_config, toy_pairs
 

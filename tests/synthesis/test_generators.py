@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from synthesis.base import REGISTRY, build_generator, check_pair, load_generator
-from synthesis.config import CVAEConfig, DiffusionConfig, GMMConfig, Pix2PixConfig, SpadeConfig, SynthesisConfig
+from synthesis.generators import SynthesisConfig
+from synthesis.generators.cvae import CVAEConfig
+from synthesis.generators.diffusion import DiffusionConfig
+from synthesis.generators.gmm import GMMConfig
+from synthesis.generators.pix2pix import Pix2PixConfig
+from synthesis.generators.spade import SpadeConfig
 from synthesis.diffaugment import diff_augment
 
 

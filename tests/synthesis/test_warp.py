@@ -10,7 +10,8 @@ from data.types import CaseRef, PreparedCase
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from synthesis.base import REGISTRY, build_generator, load_generator
-from synthesis.config import GMMConfig, WarpConfig
+from synthesis.generators.gmm import GMMConfig
+from synthesis.generators.warp import WarpConfig
 from synthesis.masks import MaskConfig, deform_pair, draw_masks
 from synthesis.synthesize import synthesize_dataset
 from synthesis.train import LearnedGenerator
