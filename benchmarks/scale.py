@@ -17,7 +17,7 @@ so that one stage's peak does not hide the next one's:
   end) on the training patients; the split is the last 10 % of patients (at least 2) for testing, the 2 before
   them for validation, the rest for training;
 - `evaluate`: `evaluate_cases` (3D Dice, HD95, volumes on the original grid; no prediction files) of the test
-  patients with the trained network.
+  patients with the trained network, in `--workers` processes.
 
 `seconds` is the stage itself (imports excluded), `process_s` the whole process. `peak_rss_mb` is the stage
 process's peak resident set (`getrusage` maxrss), `stage_rss_mb` what the stage adds over the process after its
@@ -123,7 +123,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         model, _ = load_model(work / "train" / "best.pt", device)
         test_cases = load("test", role="test")
         per_case = evaluate_cases(model, test_cases, None, arm="real", fraction=1.0, seed=0, save_predictions=False,
-                                  batch_size=args.batch)
+                                  batch_size=args.batch, workers=args.workers)
         extra = {"cases": len(test_cases), "dice_mean": float(per_case["dice_mean"].mean())}
     synchronize(device)
     seconds = time.perf_counter() - start
@@ -148,7 +148,8 @@ def rss_split() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, size=128, batch=16, steps=50, repeats=1)
     p.add_argument("--patients", type=int, nargs="+", default=[100, 500, 2000], help="cohort sizes")
-    p.add_argument("--workers", type=int, default=1, help="processes of the preparation (and phantom writing)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes of the preparation, the evaluation and the phantom writing")
     p.add_argument("--dir", type=Path, default=Path("runs/bench_scale"), help="cohort, stores and checkpoints")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -40,11 +40,9 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from tqdm import tqdm
 
 from data.config import PreprocessConfig
 from data.io import umask, writing
+from data.parallel import process_map
 from data.preprocess import PREPROCESS_VERSION, Geometry, preprocess_case
 from data.types import CaseRef, DataError, DataWarning, PreparedCase
 
@@ -237,7 +236,7 @@ def prepare_cases(refs: list[CaseRef], cfg: PreprocessConfig, cache_dir: Path | 
             for ref in refs:
                 done(*job(ref))
         else:
-            _prepare_in_pool(job, refs, workers, done)
+            process_map(job, refs, workers, done=lambda result: done(*result))
     finally:
         bar.close()
     mappable, in_memory = _mappable_arrays(2 * len(refs)), 0
@@ -285,47 +284,6 @@ def _usable(case: PreparedCase | None, role: str, require_mask: bool) -> bool:
     if case is None or (require_mask and case.mask is None):
         return False
     return not (role == "train" and case.mask is not None and not case.mask.any())
-
-
-def _prepare_in_pool(job, refs: list[CaseRef], workers: int, done) -> None:
-    """Run `job` over `refs` in `workers` processes; results (and warnings, and the first error) in `refs` order.
-
-    Linux workers are forked (the parent's modules are loaded already, as for DataLoader workers); elsewhere
-    they are spawned."""
-    import multiprocessing
-
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker)
-    try:
-        futures = [pool.submit(_recording, job, ref) for ref in refs]
-        for future in futures:
-            (key, outcome), caught = future.result()
-            for message, category, filename, lineno in caught:
-                warnings.warn_explicit(message, category, filename, lineno)
-            done(key, outcome)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # cases already running finish and stay stored
-        raise
-    pool.shutdown(wait=True)
-
-
-def _init_worker() -> None:
-    """One torch (and OpenMP) thread per worker process: the workers are the parallelism, and a forked OpenMP
-    pool misbehaves. torch is not imported for this (preprocessing needs none): where it is not loaded yet, the
-    environment makes a later import start with one thread."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-
-
-def _recording(job, ref: CaseRef):
-    """`job(ref)` and the warnings it raised, as (message, category, file, line) the parent can repeat."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = job(ref)
-    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 def _mappable_arrays(wanted: int) -> int:

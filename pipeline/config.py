@@ -93,6 +93,10 @@ class EvaluateConfig:
                 "image or mask (only the duplicate-image check hashes images), evaluate and the report show "
                 "validation results only; `cmr-synth run CONFIG --unseal` scores the test patients once and "
                 "appends the time and config hash to RUN_DIR/unsealed.json"})
+    workers: int = field(default=1, metadata={
+        "role": "runtime", "min": 1, "max": 256,
+        "help": "processes that score the test cases of each segmenter on the CPU (one thread each; the same tables "
+                "as one process; a GPU scores in one)"})
 
 
 @dataclass

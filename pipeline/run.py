@@ -429,7 +429,8 @@ def evaluate(run: Run) -> dict[str, Any]:
             extra = []
             for name, (cases, label_map) in test_sets.items():
                 frame = evaluate_cases(model, cases, unit_dir / "predictions" / name, arm=seg.arm,
-                                       fraction=seg.fraction, seed=seg.seed, label_map=label_map)
+                                       fraction=seg.fraction, seed=seg.seed, label_map=label_map,
+                                       workers=run.cfg.evaluate.workers)
                 frame.insert(1, "generator", seg.generator)
                 frame.insert(2, "augmentation", seg.augmentation)
                 if name:

@@ -17,6 +17,7 @@ Conventions (the same for every arm, so comparisons stay fair):
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from tqdm import tqdm
 
 from data.io import write_nifti
+from data.parallel import process_map
 from data.types import NUM_CLASSES, STRUCTURES, DataError, PreparedCase
 from segmentation.runtime import torch_threads
 
@@ -177,27 +179,52 @@ def patient_level(per_case: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_cases(model: torch.nn.Module, cases: Sequence[PreparedCase], out_dir: Path | str | None, *,
                    arm: str, fraction: float, seed: int, save_predictions: bool = True, batch_size: int = 16,
-                   label_map: dict[int, int] | None = None, autocast: bool = False) -> pd.DataFrame:
+                   label_map: dict[int, int] | None = None, autocast: bool = False, workers: int = 1) -> pd.DataFrame:
     """Per case and phase: Dice, HD95 (mm), volumes (ml); per patient: EF and mass (see module docstring).
 
     Ground truth is read from `case.ref.mask_path` (with `label_map`, as for training). With
     `save_predictions`, `<out_dir>/<case_id>_pred.nii.gz` is written on the original grid with the original
-    affine, so it opens over the image in ITK-SNAP / 3D Slicer.
+    affine, so it opens over the image in ITK-SNAP / 3D Slicer. `workers` > 1 scores chunks of cases in that
+    many processes on the CPU (`data.parallel.process_map`, one thread each, the model copied to each): the same
+    table, in the same order, as one process. A model on a GPU scores in this process.
     """
     if save_predictions and out_dir is None:
         raise ValueError("evaluate_cases: out_dir is required when save_predictions=True")
+    if not cases:
+        return pd.DataFrame(columns=KEYS + ["phase", "case"] + PATIENT_COLUMNS)
+    score = functools.partial(_score_cases, model, out_dir=out_dir if save_predictions else None,
+                              batch_size=batch_size, label_map=label_map, autocast=autocast)
+    bar = tqdm(total=len(cases), desc=f"evaluate {arm} {fraction:g} s{seed}", leave=False, mininterval=2.0)
+    try:
+        if workers > 1 and len(cases) > 1 and _model_device(model).type == "cpu":  # never fork a CUDA context
+            per_chunk = -(-len(cases) // (4 * workers))  # a few chunks per process: even loads, few model copies
+            chunks = [list(cases[i:i + per_chunk]) for i in range(0, len(cases), per_chunk)]
+            frames = process_map(score, chunks, workers, done=lambda frame: bar.update(len(frame)))
+        else:
+            frames = [score(cases, progress=bar)]
+    finally:
+        bar.close()
+    per_case = pd.concat(frames, ignore_index=True)
+    per_case.insert(0, "seed", int(seed))
+    per_case.insert(0, "fraction", float(fraction))
+    per_case.insert(0, "arm", arm)
+    return per_case.merge(clinical_indices(per_case), on=KEYS, how="left")
+
+
+def _score_cases(model: torch.nn.Module, cases: Sequence[PreparedCase], *, out_dir: Path | str | None,
+                 batch_size: int, label_map: dict[int, int] | None, autocast: bool,
+                 progress: tqdm | None = None) -> pd.DataFrame:
+    """patient, phase, case and the structure metrics of each case (in a worker process, or in the caller's)."""
     metrics, rows = StructureMetrics(), []
-    for case in tqdm(cases, desc=f"evaluate {arm} {fraction:g} s{seed}", leave=False, mininterval=2.0):
+    for case in cases:
         pred = predict_case(model, case, batch_size, autocast=autocast)
         metrics(pred, _read_truth(case, label_map), case.geometry.original_spacing)
-        rows.append({"arm": arm, "fraction": float(fraction), "seed": int(seed), "patient": case.patient_id,
-                     "phase": case.ref.phase, "case": case.case_id})
-        if save_predictions:
+        rows.append({"patient": case.patient_id, "phase": case.ref.phase, "case": case.case_id})
+        if out_dir is not None:
             write_nifti(Path(out_dir) / f"{case.case_id}_pred.nii.gz", pred, case.geometry.affine, is_label=True)
-    if not rows:
-        return pd.DataFrame(columns=KEYS + ["phase", "case"] + PATIENT_COLUMNS)
-    per_case = pd.concat([pd.DataFrame(rows), metrics.aggregate()], axis=1)
-    return per_case.merge(clinical_indices(per_case), on=KEYS, how="left")
+        if progress is not None:
+            progress.update()
+    return pd.concat([pd.DataFrame(rows), metrics.aggregate()], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- tables
