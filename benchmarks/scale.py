@@ -29,13 +29,13 @@ the stage into the process's own memory and such file pages (Linux only). The `p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import parser, peak_rss_mb, report, setup, synchronize
@@ -51,6 +51,7 @@ def patient_id(i: int) -> str:
 
 def ensure_cohort(root: Path, n: int, workers: int) -> None:
     """Phantom patients 0..n-1 under `root`; those already complete (Info.cfg is written last) are kept."""
+    from data.parallel import process_map
     from data.phantom import write_patient
 
     missing = [i for i in range(n) if not (root / patient_id(i) / "Info.cfg").is_file()]
@@ -58,12 +59,7 @@ def ensure_cohort(root: Path, n: int, workers: int) -> None:
         return
     print(f"phantom: writing {len(missing)} of {n} patients into {root} ({workers} processes)", flush=True)
     start = time.perf_counter()
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(write_patient, [root] * len(missing), missing, [SEED] * len(missing), chunksize=4))
-    else:
-        for i in missing:
-            write_patient(root, i, SEED)
+    process_map(functools.partial(write_patient, root, seed=SEED), missing, workers)
     print(f"phantom: {time.perf_counter() - start:.0f} s", flush=True)
 
 

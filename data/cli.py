@@ -11,6 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=20, help="number of patients (ED + ES each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", default=None, help="scanner style name (default: drawn per patient from the seed)")
+    p.add_argument("--workers", type=int, default=1, help="processes writing patients (the same files as one)")
     p.set_defaults(func=_phantom)
 
     p = subparsers.add_parser("validate-data", help="check a dataset folder and print a per-case summary")
@@ -34,7 +35,8 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
 def _phantom(args: argparse.Namespace) -> int:
     from data.phantom import write_phantom
 
-    write_phantom(args.out_dir, n_patients=args.patients, seed=args.seed, style=args.style)
+    write_phantom(args.out_dir, n_patients=args.patients, seed=args.seed, style=args.style,
+                  workers=args.workers)
     print(f"phantom with {args.patients} patients written to {args.out_dir}")
     return 0
 

@@ -56,6 +56,7 @@ class DataConfig:
                                  "when root is empty)"})
     preprocess_workers: int = field(default=1, metadata={
         "role": "runtime", "min": 1, "max": 256,
-        "help": "processes that preprocess cases into the slice store; the same store as with 1"})
+        "help": "processes that write the phantom (no data.root) and preprocess cases into the slice store; the "
+                "same files as with 1"})
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

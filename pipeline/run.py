@@ -223,7 +223,8 @@ def prepare(run: Run) -> dict[str, Any]:
     if not cfg.data.root:
         key = stable_hash("phantom", PHANTOM_VERSION, cfg.data.phantom_patients, cfg.data.phantom_seed)
         execute(run, [Unit("phantom", stage_dir / "phantom", key, lambda d: {"patients": len(
-            write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed))})])
+            write_phantom(d, n_patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed,
+                          workers=cfg.data.preprocess_workers))})])
         log.info(f"phantom: {cfg.data.phantom_patients} patients in {run.data_root}")
     refs = list_cases(run.data_root, cfg.data.layout)
     test_refs = list_cases(run.test_root, cfg.data.layout) if cfg.data.test_root else []
@@ -254,7 +255,8 @@ def prepare(run: Run) -> dict[str, Any]:
                               test_set.phantom_style)
             execute(run, [Unit(f"extra/{test_set.name}/phantom", run.extra_root(test_set), key,
                                lambda d, t=test_set: {"patients": len(write_phantom(
-                                   d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style))})])
+                                   d, n_patients=t.phantom_patients, seed=t.phantom_seed, style=t.phantom_style,
+                                   workers=cfg.data.preprocess_workers))})])
         if not cfg.evaluate.sealed:
             extra[test_set.name] = len(run.extra_cases(test_set))
             log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")

@@ -1,12 +1,14 @@
 """Writing phantom patients to disk in the ACDC layout (patientNNN/..._frameNN[_gt].nii.gz, Info.cfg)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from data.io import write_nifti, write_text
+from data.parallel import process_map
 from data.phantom.acquisition import scanner_style
 from data.phantom.anatomy import GROUPS
 from data.phantom.patient import PhantomPatient, generate_patient
@@ -25,17 +27,22 @@ def _info_cfg(patient: PhantomPatient, seed: int) -> str:
             f"Source: cmr-synth phantom (style={patient.style}, seed={seed})\n")
 
 
-def write_phantom(out_dir: Path | str, n_patients: int, seed: int, style: str | None = None) -> list[Path]:
+def write_phantom(out_dir: Path | str, n_patients: int, seed: int, style: str | None = None, *,
+                  workers: int = 1) -> list[Path]:
     """Write `n_patients` phantom patients in the ACDC layout under `out_dir`; return their folders.
 
-    Groups cycle NOR, DCM, HCM, MINF, RV (balanced, like ACDC); patient i depends only on (seed, i).
+    Groups cycle NOR, DCM, HCM, MINF, RV (balanced, like ACDC); patient i depends only on (seed, i), so `workers`
+    processes write the same files as one.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients: expected at least 1, got {n_patients}")
     if style is not None:
         scanner_style(style)  # fail before anything is written
-    return [write_patient(out_dir, i, seed, style)
-            for i in tqdm(range(n_patients), desc="phantom", unit="patient", leave=False)]
+    write = functools.partial(write_patient, out_dir, seed=seed, style=style)
+    with tqdm(total=n_patients, desc="phantom", unit="patient", leave=False) as bar:
+        if workers > 1 and n_patients > 1:
+            return process_map(write, range(n_patients), workers, done=lambda _: bar.update())
+        return [(write(i), bar.update())[0] for i in range(n_patients)]
 
 
 def write_patient(out_dir: Path | str, i: int, seed: int, style: str | None = None) -> Path:

@@ -180,3 +180,14 @@ def test_bad_arguments_are_named():
         write_phantom("/nonexistent", n_patients=0, seed=0)
     with pytest.raises(ValueError, match="group"):
         generate_patient(np.random.default_rng(0), group="XYZ")
+
+
+def test_workers_write_the_same_files_as_one_process(tmp_path, phantom_root):
+    """Patients written by 2 processes are the files one process wrote (the session phantom), byte for byte."""
+    folders = write_phantom(tmp_path, n_patients=3, seed=0, workers=2)
+    assert [f.name for f in folders] == ["patient001", "patient002", "patient003"]
+    for folder in folders:
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == sorted(p.name for p in (phantom_root / folder.name).iterdir())
+        for name in names:
+            assert (folder / name).read_bytes() == (phantom_root / folder.name / name).read_bytes(), name
