@@ -222,6 +222,94 @@ def keep_csv_rows(path: Path | str, keep, fieldnames: list[str] | None = None) -
     return fieldnames, rows
 
 
+class StepLog:
+    """A training loop's metrics.csv: one row per step, appended and flushed as training goes so that it survives a
+    kill, and cut back on resume so that the file matches an uninterrupted run (the one log of both trainers).
+
+    The values of a step may arrive in parts (a segmenter's validation Dice after its loss): a row is written when
+    the next step starts, at `flush` or at `close`. Rows from `first_step` on are dropped when the log opens.
+    `columns` fixes the header (else the kept file's, or the first row's keys); the last `keep` rows are held for
+    `tail_means`; with `tensorboard`, the scalars also go to `<folder>/tensorboard` when the package is installed.
+    Disabled (processes other than rank 0), it reads and writes nothing.
+    """
+
+    def __init__(self, path: Path | str, first_step: int, *, columns: list[str] | None = None,
+                 enabled: bool = True, keep: int = 50, tensorboard: bool = False):
+        import collections
+
+        self.path, self.enabled = Path(path), enabled
+        self.columns = list(columns) if columns else None
+        self.pending: dict[str, Any] | None = None
+        self.rows: collections.deque[dict[str, float]] = collections.deque(maxlen=keep)
+        self._fh = self._writer = self._board = None
+        if not enabled:
+            return
+        if self.path.is_file():
+            fields, kept = keep_csv_rows(self.path, lambda row: int(row["step"]) < first_step, self.columns)
+            self.columns = self.columns or fields or None
+            self.rows.extend({k: float(v) for k, v in row.items() if v not in ("", None)} for row in kept)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional
+                pass
+            else:
+                self._board = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=first_step)
+
+    def add(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        if self.pending is not None and self.pending["step"] != step:
+            self._write()
+        if self.pending is None:
+            self.pending = {"step": step}
+        self.pending.update(values)
+
+    def flush(self) -> None:
+        if not self.enabled:
+            return
+        if self.pending is not None:
+            self._write()
+        if self._fh is not None:
+            self._fh.flush()
+
+    def _write(self) -> None:
+        import csv
+
+        row, self.pending = self.pending, None
+        with writing(self.path):
+            if self._writer is None:
+                self.columns = self.columns or list(row)
+                new = not self.path.is_file() or self.path.stat().st_size == 0
+                self._fh = self.path.open("a", newline="")
+                self._writer = csv.DictWriter(self._fh, self.columns, extrasaction="ignore", restval="")
+                if new:
+                    self._writer.writeheader()
+            self._writer.writerow({k: v if k == "step" else f"{v:.6g}" for k, v in row.items()})
+        self.rows.append({k: float(f"{v:.6g}") for k, v in row.items()})
+        if self._board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self._board.add_scalar(key, float(value), row["step"])
+
+    def tail_means(self) -> dict[str, float]:
+        """The mean of each logged value over the kept rows (step and seconds aside), e.g. a run's final losses."""
+        keys = [k for k in (self.columns or []) if k not in ("step", "seconds")]
+        return {k: round(float(np.mean([r[k] for r in self.rows if k in r])), 5) for k in keys
+                if any(k in r for r in self.rows)}
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = self._writer = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+
+
 def write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -23,11 +23,11 @@ from data.config import DataConfig
 from data.settings import RUNTIME, role
 from pipeline.errors import ConfigError
 from segmentation.config import AUGMENTATIONS, SegmentationConfig
+from segmentation.datasets import ARMS
 from synthesis.base import REGISTRY
 from synthesis.config import QualityConfig
 from synthesis.generators import SynthesisConfig
 
-ARMS = ("real", "real+synthetic", "synthetic")
 
 
 @dataclass

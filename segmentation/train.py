@@ -21,7 +21,6 @@ run: each rank draws its own masks.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from data.config import PreprocessConfig
-from data.io import keep_csv_rows, writing
+from data.io import StepLog
 from data.settings import resumable_differences
 from data.types import STRUCTURES, ForeignCheckpointError, PreparedCase
 from segmentation.config import SegmentationConfig
@@ -161,7 +160,8 @@ def train_segmenter(arm: str, real_cases: Sequence[PreparedCase] | None, val_cas
         example = torch.zeros(share.stop - share.start, 1, *stream.spatial_size, device=device)
         model = training_module(net, ctx, compile=cfg.compile, example=(example.to(memory_format=memory_format),),
                                 what="segmentation network", dtype=dtype)
-        log = _MetricsLog(csv_path, resume_step=step, enabled=ctx.is_main)
+        log = StepLog(csv_path, first_step=step + 1, columns=METRICS_COLUMNS, enabled=ctx.is_main,
+                      tensorboard=True)  # steps count from 1: the rows of the `step` steps done stay
 
         def checkpoint(path: Path) -> None:
             if ctx.is_main:
@@ -264,58 +264,3 @@ def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler) -> tuple
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     return int(ckpt["step"]), float(ckpt["best_dice"]), int(ckpt["best_step"])
-
-
-class _MetricsLog:
-    """metrics.csv, one row per step, appended and flushed as training goes so that it survives a kill.
-
-    A row is held until its step is complete (the validation Dice of a step arrives after its loss); on
-    resume, rows after the checkpoint's step are dropped so the file matches an uninterrupted run. The same
-    scalars go to TensorBoard (`<out_dir>/tensorboard`) when the tensorboard package is installed.
-    """
-
-    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
-        self.path, self.pending, self.enabled = path, None, enabled
-        if not enabled:  # ranks other than 0: nothing is written
-            return
-        keep_csv_rows(path, lambda row: resume_step > 0 and int(row["step"]) <= resume_step, METRICS_COLUMNS)
-        with writing(path):
-            self.fh = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, METRICS_COLUMNS)
-        self.tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step + 1)
-        except ImportError:  # optional
-            pass
-
-    def add(self, step: int, **values: float) -> None:
-        if not self.enabled:
-            return
-        if self.pending is not None and self.pending["step"] != step:
-            self.flush()
-        if self.pending is None:
-            self.pending = {"step": step}
-        self.pending.update({k: f"{v:.6g}" for k, v in values.items()})
-
-    def flush(self) -> None:
-        if not self.enabled:
-            return
-        with writing(self.path):
-            if self.pending is not None:
-                self.writer.writerow(self.pending)
-                if self.tensorboard is not None:
-                    for key, value in self.pending.items():
-                        if key != "step":
-                            self.tensorboard.add_scalar(key, float(value), self.pending["step"])
-                self.pending = None
-            self.fh.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self.flush()
-        self.fh.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()

@@ -23,7 +23,6 @@ rank stops together; only rank 0 writes checkpoints, metrics, grids and shows th
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import math
@@ -40,7 +39,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from data.io import keep_csv_rows, load_torch, save_torch, writing
+from data.io import StepLog, load_torch, save_torch
 from data.settings import resumable_differences
 from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
@@ -278,7 +277,7 @@ def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out
     fingerprint = data_fingerprint(masks, images)
     start, guard_state = load_checkpoint(model, out_dir / CHECKPOINT, seed=seed, fingerprint=fingerprint, ctx=ctx)
     guard = DivergenceGuard(cfg, consecutive=guard_state)
-    metrics = MetricsLog(out_dir / METRICS, resume_step=start, enabled=ctx.is_main)
+    metrics = StepLog(out_dir / METRICS, first_step=start, enabled=ctx.is_main)
     grid = grid_selection(masks, cfg.grid_masks, seed)
     # The pairs live on the device: a step only indexes them (no loader, no host-to-device copies).
     masks_t = torch.from_numpy(masks).to(model.device)
@@ -310,7 +309,8 @@ def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out
                 guard.check(step, losses)
                 model.ema.update_parameters(model.net)
                 train_seconds += time.perf_counter() - t_step
-                metrics.write(step, time.perf_counter() - t0, losses)
+                metrics.add(step, seconds=round(time.perf_counter() - t0, 3), **losses)
+                metrics.flush()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                 done = step + 1
                 if ctx.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
@@ -369,50 +369,6 @@ class DivergenceGuard:
             if self.consecutive >= self.cfg.collapse_patience:
                 raise TrainingDiverged(step, losses, f"the discriminator has won completely for {self.consecutive} "
                                                      f"consecutive steps (mode collapse / vanishing gradients)")
-
-
-class MetricsLog:
-    """metrics.csv: one row per step (step, seconds, losses...); on resume, rows past the checkpoint go."""
-
-    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-        self.fields: list[str] | None = None
-        self.rows: list[dict[str, float]] = []
-        self._file = None
-        self._writer = None
-        if not enabled:  # ranks other than 0: nothing is read or written
-            return
-        if resume_step and path.is_file():
-            self.fields, kept = keep_csv_rows(path, lambda r: int(r["step"]) < resume_step)
-            self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in kept[-50:]]
-        elif path.exists():
-            path.unlink()
-
-    def write(self, step: int, seconds: float, losses: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        row = {"step": step, "seconds": round(seconds, 3), **{k: float(f"{v:.6g}") for k, v in losses.items()}}
-        with writing(self.path):
-            if self._writer is None:
-                new = not self.path.is_file()
-                self.fields = self.fields or list(row)
-                self._file = self.path.open("a", newline="")
-                self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore", restval="")
-                if new:
-                    self._writer.writeheader()
-            self._writer.writerow(row)
-            self._file.flush()
-        self.rows = (self.rows + [row])[-50:]
-
-    def tail_means(self) -> dict[str, float]:
-        keys = [k for k in (self.fields or []) if k not in ("step", "seconds")]
-        return {k: round(float(np.mean([r[k] for r in self.rows if k in r])), 5) for k in keys
-                if any(k in r for r in self.rows)}
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._writer = None
 
 
 def save_checkpoint(model: LearnedGenerator, path: Path, *, step: int, seed: int, fingerprint: str,
