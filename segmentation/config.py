@@ -46,6 +46,11 @@ class SegmentationConfig:
     synthetic_ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0, "synthetic_only": True,
                                    "help": "expected fraction of each batch drawn from the synthetic set in "
                                            "the real+synthetic arm"})
+    synthetic_schedule: str = field(default="constant", metadata={
+        "choices": ["constant", "linear_decay"], "synthetic_only": True, "keyed_unless_default": True,
+        "help": "how the synthetic share moves over training: constant = synthetic_ratio at every step; "
+                "linear_decay = synthetic_ratio at step 0 falling linearly to 0 at the last step (synthetic "
+                "shapes early, real appearance last; half the synthetic samples of constant)"})
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
                                    "help": "training slices whose mask is empty are drawn this much less often "
                                            "(1 = never); validation and test always use every slice"})

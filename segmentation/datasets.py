@@ -7,7 +7,8 @@ One function, `make_train_stream`, builds the stream for every arm, so the arms 
 - `real+synthetic`: each batch holds `floor(r * B)` synthetic samples plus one more with probability
   `r * B - floor(r * B)` (r = `synthetic_ratio`, B = batch size), the rest real. The expected synthetic
   fraction is exactly r whatever the batch size, and the two sources never compete for "epochs": the
-  smaller set is simply revisited more often.
+  smaller set is simply revisited more often. With `synthetic_schedule: linear_decay`, r falls linearly from
+  `synthetic_ratio` at the first step to 0 at the last.
 
 Within a source, slices are drawn with replacement, uniformly except that slices with an empty mask get
 weight `1 - drop_empty_prob`. There are no epochs: batch `step` is a pure function of `(seed, step)`
@@ -137,13 +138,19 @@ class TrainStream(Dataset):
                 if isinstance(transform, Randomizable):
                     transform.set_random_state(state=self.random_state)
 
-    def n_synthetic(self, rng: np.random.Generator) -> int:
-        """Synthetic samples in one batch (see module docstring)."""
+    def synthetic_share(self, step: int) -> float:
+        """The expected synthetic fraction of batch `step` in the real+synthetic arm (`synthetic_schedule`)."""
+        if self.cfg.synthetic_schedule == "linear_decay":
+            return self.cfg.synthetic_ratio * max(0.0, 1.0 - step / max(1, self.cfg.steps - 1))
+        return self.cfg.synthetic_ratio
+
+    def n_synthetic(self, rng: np.random.Generator, step: int = 0) -> int:
+        """Synthetic samples in batch `step` (see module docstring)."""
         if self.arm == "real":
             return 0
         if self.arm == "synthetic":
             return self.batch_size
-        expected = self.cfg.synthetic_ratio * self.batch_size
+        expected = self.synthetic_share(step) * self.batch_size
         return min(self.batch_size, int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected)))
 
     def plan(self, step: int) -> list[SampleKey]:
@@ -152,7 +159,7 @@ class TrainStream(Dataset):
         Each key carries its own augmentation seed, so any share of the batch can be fetched on its own.
         """
         rng = np.random.default_rng([self.seed, int(step)])
-        n_syn = self.n_synthetic(rng)
+        n_syn = self.n_synthetic(rng, step)
         keys: list[tuple[int, int]] = []
         for source, count in ((REAL, self.batch_size - n_syn), (SYNTHETIC, n_syn)):
             if count:

@@ -71,8 +71,23 @@ def test_the_synthetic_share_is_declared_synthetic_only_and_is_a_result_setting(
     from data.settings import synthetic_only
     from segmentation.config import SegmentationConfig
 
-    assert synthetic_only(SegmentationConfig) == {"synthetic_ratio"}
+    assert synthetic_only(SegmentationConfig) == {"synthetic_ratio", "synthetic_schedule"}
     assert not synthetic_only(SegmentationConfig) & names_with_role(SegmentationConfig, RUNTIME)
+
+
+def test_a_setting_added_later_leaves_keys_and_checkpoints_alone_at_its_default():
+    """`keyed_unless_default` (segmentation.synthetic_schedule): at its default it enters no key and a checkpoint
+    saved before it existed still resumes; set otherwise, it is a result setting like any other."""
+    from data.settings import resumable_differences
+    from segmentation.config import SegmentationConfig
+
+    cfg = SegmentationConfig()
+    assert "synthetic_schedule" not in result_settings(cfg)
+    decay = dataclasses.replace(cfg, synthetic_schedule="linear_decay")
+    assert result_settings(decay)["synthetic_schedule"] == "linear_decay"
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "synthetic_schedule"}  # saved before it
+    assert resumable_differences(old, cfg) == []
+    assert resumable_differences(old, decay) == ["synthetic_schedule"]
 
 
 def test_pipeline_yaml_marks_every_runtime_setting():

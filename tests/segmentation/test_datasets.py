@@ -22,7 +22,7 @@ def real_and_synthetic():
 
 
 def _streams(real, synthetic, **overrides):
-    cfg = tiny_config(augment=False, batch_size=8, steps=40, **overrides)
+    cfg = tiny_config(**{"augment": False, "batch_size": 8, "steps": 40, **overrides})
     return {arm: make_train_stream(arm, real, synthetic, cfg, seed=3) for arm in ARMS}
 
 
@@ -124,3 +124,20 @@ def test_real_arm_ignores_synthetic_cases_entirely(real_and_synthetic):
     real, synthetic = real_and_synthetic
     stream = make_train_stream("real", real, synthetic, tiny_config(), seed=0)
     assert set(stream.pools) == {REAL}
+
+
+def test_a_linear_decay_moves_the_synthetic_share_from_the_ratio_to_zero(real_and_synthetic):
+    """Share r at the first step, 0 at the last, r/2 over the run; `constant` keeps today's batches exactly."""
+    real, synthetic = real_and_synthetic
+    decay = _streams(real, synthetic, synthetic_ratio=0.5, steps=2001, synthetic_schedule="linear_decay")
+    stream = decay["real+synthetic"]
+    assert stream.synthetic_share(0) == 0.5 and stream.synthetic_share(1000) == pytest.approx(0.25)
+    assert stream.synthetic_share(2000) == 0.0
+    per_batch = np.array([sum(s == SYNTHETIC for s, _, _ in stream.plan(step)) for step in range(2001)]) / 8
+    assert per_batch[:200].mean() == pytest.approx(0.475, abs=0.02)
+    assert per_batch[-200:].mean() == pytest.approx(0.025, abs=0.02)
+    assert per_batch.mean() == pytest.approx(0.25, abs=0.01)
+    assert decay["real"].plan(7) == _streams(real, synthetic, synthetic_ratio=0.5, steps=2001)["real"].plan(7)
+    constant = _streams(real, synthetic, synthetic_ratio=0.5, steps=2001)["real+synthetic"]
+    assert constant.plan(7) == _streams(real, synthetic, synthetic_ratio=0.5, steps=2001,
+                                        synthetic_schedule="constant")["real+synthetic"].plan(7)
