@@ -111,6 +111,17 @@ img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12
 .scroll{overflow-x:auto}.headline{font-size:1.1em;background:#eef6ff;padding:.6em 1em;border-left:4px solid #3b82f6}</style>"""
 
 
+def nothing_to_compare(per_case: pd.DataFrame) -> str:
+    """The headline of a run whose statistics table is empty: why there was nothing to compare."""
+    arms = sorted(set(per_case["arm"])) if "arm" in per_case.columns else []
+    if arms == ["real"]:
+        return "Only the real arm was run: nothing to compare."
+    if "real" not in arms:
+        return (f"No real arm was run (arms: {', '.join(arms) or 'none'}): no reference to compare with; add real "
+                f"to experiment.arms for differences, CIs and tests.")
+    return "No comparison could be made (see statistics.csv)."
+
+
 def write_report(run: "Run") -> dict[str, Path]:
     out_dir = run.stage_dir("report")
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -122,7 +133,7 @@ def write_report(run: "Run") -> dict[str, Path]:
     doc = _Doc(out_dir)
 
     doc.heading("cmr-synth report: does synthetic data improve cardiac MR segmentation?", 1)
-    sentences = headline(comparison) if len(comparison) else ["Only the real arm was run: nothing to compare."]
+    sentences = headline(comparison) if len(comparison) else [nothing_to_compare(per_case)]
     if not run.test_open:
         sentences = [SEALED] + [f"On the validation patients: {s}" for s in sentences]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))

@@ -288,3 +288,11 @@ def test_stages_up_to_one_already_current_stop_there(phantom_root, extra_sets, f
     before = done_stamps(run_dir)
     run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets), stages=["prepare", "train_generator", "synthesize"])
     assert done_stamps(run_dir) == before and not (run_dir / "evaluate").exists()
+
+
+def test_the_headline_of_a_run_without_comparisons_says_why():
+    from pipeline.report import nothing_to_compare
+
+    assert nothing_to_compare(pd.DataFrame({"arm": ["real", "real"]})).startswith("Only the real arm was run")
+    no_reference = nothing_to_compare(pd.DataFrame({"arm": ["real+synthetic"]}))
+    assert no_reference.startswith("No real arm was run") and "experiment.arms" in no_reference
