@@ -232,11 +232,7 @@ def prepare_cases(refs: list[CaseRef], cfg: PreprocessConfig, cache_dir: Path | 
         bar.update()
 
     try:
-        if workers == 1:
-            for ref in refs:
-                done(*job(ref))
-        else:
-            process_map(job, refs, workers, done=lambda result: done(*result))
+        process_map(job, refs, workers, done=lambda result: done(*result))
     finally:
         bar.close()
     mappable, in_memory = _mappable_arrays(2 * len(refs)), 0

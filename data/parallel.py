@@ -18,8 +18,16 @@ from typing import Any, Callable, Iterable
 def process_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int,
                 done: Callable[[Any], None] | None = None) -> list[Any]:
     """`[job(item) for item in items]` in `workers` processes; `done(result)` is called on each, in order, as
-    results arrive. `job` and the items must pickle (a module-level function, or a functools.partial of one)."""
+    results arrive. `job` and the items must pickle (a module-level function, or a functools.partial of one).
+    With one worker (or one item) the jobs run here, one after the other, with no pool to start."""
     items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        results = []
+        for item in items:
+            results.append(job(item))
+            if done is not None:
+                done(results[-1])
+        return results
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context(method),
                                initializer=_one_thread)

@@ -40,9 +40,7 @@ def write_phantom(out_dir: Path | str, n_patients: int, seed: int, style: str | 
         scanner_style(style)  # fail before anything is written
     write = functools.partial(write_patient, out_dir, seed=seed, style=style)
     with tqdm(total=n_patients, desc="phantom", unit="patient", leave=False) as bar:
-        if workers > 1 and n_patients > 1:
-            return process_map(write, range(n_patients), workers, done=lambda _: bar.update())
-        return [(write(i), bar.update())[0] for i in range(n_patients)]
+        return process_map(write, range(n_patients), workers, done=lambda _: bar.update())
 
 
 def write_patient(out_dir: Path | str, i: int, seed: int, style: str | None = None) -> Path:
