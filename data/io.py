@@ -6,6 +6,8 @@ a permission problem is one `WriteError` naming the file instead of a traceback.
 """
 from __future__ import annotations
 
+import collections
+import csv
 import errno
 import functools
 import os
@@ -205,8 +207,6 @@ def write_csv(frame, path: Path | str) -> Path:
 def keep_csv_rows(path: Path | str, keep, fieldnames: list[str] | None = None) -> tuple[list[str], list[dict]]:
     """Rewrite a CSV atomically with only the rows for which `keep(row)` is true (a resumed run's log is
     cut back to its checkpoint); returns (fieldnames, kept rows). A missing file gives no rows."""
-    import csv
-
     path = Path(path)
     rows: list[dict] = []
     if path.is_file():
@@ -235,8 +235,6 @@ class StepLog:
 
     def __init__(self, path: Path | str, first_step: int, *, columns: list[str] | None = None,
                  enabled: bool = True, keep: int = 50, tensorboard: bool = False):
-        import collections
-
         self.path, self.enabled = Path(path), enabled
         self.columns = list(columns) if columns else None
         self.pending: dict[str, Any] | None = None
@@ -274,8 +272,6 @@ class StepLog:
             self._fh.flush()
 
     def _write(self) -> None:
-        import csv
-
         row, self.pending = self.pending, None
         with writing(self.path):
             if self._writer is None:
@@ -285,8 +281,9 @@ class StepLog:
                 self._writer = csv.DictWriter(self._fh, self.columns, extrasaction="ignore", restval="")
                 if new:
                     self._writer.writeheader()
-            self._writer.writerow({k: v if k == "step" else f"{v:.6g}" for k, v in row.items()})
-        self.rows.append({k: float(f"{v:.6g}") for k, v in row.items()})
+            text = {k: v if k == "step" else f"{v:.6g}" for k, v in row.items()}
+            self._writer.writerow(text)
+        self.rows.append({k: float(v) for k, v in text.items()})  # as written, as a resumed log reads them
         if self._board is not None:
             for key, value in row.items():
                 if key != "step":

@@ -381,6 +381,7 @@ def plan_segmenters(run: Run) -> list[Unit]:
     synth = read_json(run.stage_dir("synthesize") / MANIFEST)["results"] if any(
         s.generator for s in run.segmenters()) else {}
     val_cases = run.patient_cases(run.split["val"])
+    real_arm_ignores = synthetic_only(SegmentationConfig)
     units = []
     for seg in run.segmenters():
         real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
@@ -397,7 +398,7 @@ def plan_segmenters(run: Run) -> list[Unit]:
 
         settings = result_settings(seg.config(run.cfg.segmentation))
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
-            settings = {k: v for k, v in settings.items() if k not in synthetic_only(SegmentationConfig)}
+            settings = {k: v for k, v in settings.items() if k not in real_arm_ignores}
         key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
                           seg.identity(), settings, synthetic_key(synth, seg))
         units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key, compute, trains=True))
