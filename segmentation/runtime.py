@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import inspect
 import os
 import pickle
@@ -233,8 +234,14 @@ def init_distributed(device: str = "auto", *, key: str = "device",
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (end of a torchrun worker); a no-op in a single process."""
+    """Leave the process group (end of a torchrun worker); a no-op in a single process.
+
+    DDP wrappers live in reference cycles: collected only at interpreter shutdown, their reducers and the Gloo
+    work they still hold were torn down after the interpreter, which now and then aborted the process
+    ("terminate called without an active exception") after the work was done. They are collected here, while
+    the interpreter is whole. (No barrier: after an error on one rank it would hang the others.)"""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
