@@ -83,6 +83,22 @@ class TrainConfig(GeneratorConfig):
                         "help": "auto = cuda when available, else cpu; the training slices are moved to the "
                                 "device once, so no loader workers or pinned memory are needed"})
     progress: bool = field(default=True, metadata={"role": "runtime", "help": "tqdm progress bar"})
+    background: str = field(default="generated", metadata={
+        "choices": ["generated", "real"], "keyed_unless_default": True,
+        "help": "generated: the whole slice is made from the mask; real: background-preserving (inpainting), the "
+                "network also gets the real slice with the heart dilated by inpaint_margin_px blanked (and that "
+                "region), paints the region, and the real slice is kept outside it (the discriminator sees the "
+                "blended image); needs mask sources real/deformed"})
+    inpaint_margin_px: float = field(default=6.0, metadata={
+        "min": 0.0, "max": 64.0, "keyed_unless_default": True,
+        "help": "background: real: the region painted is the heart and every pixel within this distance of it"})
+    blend_px: float = field(default=3.0, metadata={
+        "min": 0.0, "max": 64.0, "keyed_unless_default": True,
+        "help": "background: real: the painted region fades into the real slice over this many pixels inside its "
+                "edge (0 = a hard edge); outside the region the image is the real slice exactly"})
+
+    def context_settings(self) -> list[str]:
+        return super().context_settings() + (["background"] if self.background == "real" else [])
 
 
 @dataclass

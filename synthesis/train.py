@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import MultiScalePatchDiscriminator, PatchDiscriminator
+from scipy import ndimage
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -44,7 +45,7 @@ from data.settings import resumable_differences
 from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
-from synthesis.base import Generator, check_masks, check_pair, save_sample_grid
+from synthesis.base import Generator, check_context, check_masks, check_pair, require_context, save_sample_grid
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment
 from synthesis.diffaugment import diff_augment
 
@@ -67,10 +68,13 @@ class Batch(NamedTuple):
     """This process's share of one global batch: samples [offset, offset + len) of `total`."""
 
     image: torch.Tensor  # (n, 1, H, W) in [-1, 1]
-    onehot: torch.Tensor  # (n, n_labels, H, W): heart labels, then tissue classes (if any)
+    # (n, condition_channels, H, W): one-hot heart labels, then tissue classes (if any), then for background: real
+    # the known image (the real slice, 0 in the region to paint) and the region (1 there)
+    onehot: torch.Tensor
     offset: int = 0
     total: int = 0  # global batch size (0 = this batch is the whole batch)
     noise: torch.Generator | None = None  # seeded by (seed, step): the same on every rank
+    blend: torch.Tensor | None = None  # background: real: (n, 1, H, W) weight of the painted image (blend_weight)
 
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normal noise (n, *shape) for these samples, drawn for the whole global batch and sliced:
@@ -91,6 +95,39 @@ class Batch(NamedTuple):
 def onehot(masks: torch.Tensor, n_labels: int = NUM_CLASSES) -> torch.Tensor:
     """(B, H, W) integer labels -> (B, n_labels, H, W) float."""
     return F.one_hot(masks.long(), n_labels).permute(0, 3, 1, 2).float()
+
+
+# ------------------------------------------------------------------------------ background-preserving mode
+def inpaint_region(conditions: np.ndarray, margin_px: float) -> np.ndarray:
+    """(N, H, W) bool: the heart (labels 1..3 of a condition map) and every pixel within `margin_px` of it."""
+    heart = (conditions > 0) & (conditions < NUM_CLASSES)
+    region = np.zeros(heart.shape, bool)
+    for i, h in enumerate(heart):
+        if h.any():
+            region[i] = ndimage.distance_transform_edt(~h) <= margin_px
+    return region
+
+
+def blend_weight(region: np.ndarray, blend_px: float) -> np.ndarray:
+    """(N, H, W) float32 weight of the sample: 0 outside `region`, rising to 1 at `blend_px` inside its edge."""
+    weight = region.astype(np.float32)
+    if blend_px <= 0:
+        return weight
+    for i, r in enumerate(region):
+        if r.any() and not r.all():  # distance of each region pixel to the nearest known pixel
+            weight[i] = np.clip(ndimage.distance_transform_edt(r) / blend_px, 0.0, 1.0)
+    return weight
+
+
+def blend(painted: np.ndarray, real: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The painted image inside the region, the real slice outside it, bit for bit (no arithmetic where w = 0)."""
+    return np.where(weight > 0, weight * painted + (1 - weight) * real, real).astype(np.float32, copy=False)
+
+
+def inpaint_channels(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The two condition channels of background: real, (n, 2, H, W): the known image (`image`, (n, 1, H, W) in
+    [-1, 1], blanked to 0 in the region) and the region (`region`, (n, 1, H, W) bool) as 0/1."""
+    return torch.cat([image.masked_fill(region, 0.0), region.to(image.dtype)], 1)
 
 
 def ema_avg_fn(decay: float):
@@ -165,6 +202,24 @@ class LearnedGenerator(Generator):
         """Images in [-1, 1] from `net`; pix2pix overrides it to keep its dropout on."""
         return net(onehot, z)
 
+    # ------------------------------------------------------------------- background: real (inpainting)
+    @property
+    def inpaints(self) -> bool:
+        """background: real done by conditioning: the known image and the region are two more input channels
+        and the output is blended into the real slice. A generator that keeps the background another way (the
+        diffusion model re-imposes it while sampling) returns False."""
+        return self.config.background == "real"
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the condition maps the networks read: `n_labels`, plus the known image and the region."""
+        return self.n_labels + (2 if self.inpaints else 0)
+
+    def inpainting(self, conditions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(region to paint (N, H, W) bool, blend weight of the painted image (N, H, W) float32)."""
+        region = inpaint_region(conditions, self.config.inpaint_margin_px)
+        return region, blend_weight(region, self.config.blend_px)
+
     # ------------------------------------------------------------------------------------ shared
     @property
     def divisor(self) -> int:
@@ -204,11 +259,17 @@ class LearnedGenerator(Generator):
         if self.net is None:
             raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
         masks = check_masks(masks, self.image_shape)
-        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema)
+        if self.inpaints:
+            context = require_context(context, masks, f"{self.name}: background 'real' keeps the real slice outside "
+                                                      f"the heart")
+        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema,
+                           context=context if self.inpaints else None)
 
     @torch.no_grad()
-    def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32) -> np.ndarray:
-        """Images for condition maps (heart labels, plus tissue classes when the generator has them)."""
+    def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32,
+               context: np.ndarray | None = None) -> np.ndarray:
+        """Images for condition maps (heart labels, plus tissue classes when the generator has them); `context`
+        (the real slices) is needed, and only read, in the background-preserving mode."""
         seed = int(seed)
         net = self.ema.module if use_ema else self.net
         was_training = net.training
@@ -216,14 +277,24 @@ class LearnedGenerator(Generator):
         z = None
         if self.z_dim:
             z = torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        if self.inpaints:
+            context = check_context(require_context(context, conditions, f"{self.name}: background 'real'"),
+                                    conditions)
+            region, weight = self.inpainting(conditions)
         out = []
         try:
             for start in range(0, len(conditions), chunk):
-                m = torch.from_numpy(conditions[start:start + chunk]).to(self.device)
+                part = slice(start, start + chunk)
+                cond = onehot(torch.from_numpy(conditions[part]).to(self.device), self.n_labels)
+                if self.inpaints:
+                    real = torch.from_numpy(context[part] * 2 - 1)[:, None].to(self.device)
+                    cond = torch.cat([cond, inpaint_channels(real, torch.from_numpy(region[part])[:, None]
+                                                             .to(self.device))], 1)
                 with torch.random.fork_rng(devices=rng_devices(self.device)):
                     torch.manual_seed(seed)  # the same per-chunk noise (pix2pix dropout) for every chunk
-                    x = self.synthesize(net, onehot(m, self.n_labels), None if z is None else z.expand(len(m), -1))
-                out.append(((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy())
+                    x = self.synthesize(net, cond, None if z is None else z.expand(len(cond), -1))
+                image = ((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy()
+                out.append(blend(image, context[part], weight[part]) if self.inpaints else image)
         finally:
             net.train(was_training)
         return np.concatenate(out) if out else np.zeros(conditions.shape, np.float32)
@@ -283,15 +354,22 @@ def fit_loop(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, out
     masks_t = torch.from_numpy(masks).to(model.device)
     images_t = torch.from_numpy(images).to(model.device)
     noise = torch.Generator(device=model.device)
+    if model.inpaints:  # the region of every training slice, once
+        region, weight = (torch.from_numpy(a).to(model.device)[:, None] for a in model.inpainting(masks))
 
     def batch_of(step: int) -> Batch:
         rng = np.random.default_rng([seed, step])
         index = rng.choice(len(masks), cfg.batch_size, replace=len(masks) < cfg.batch_size)[share]
         noise.manual_seed(int(rng.integers(2**62)))
         index = torch.from_numpy(index).to(model.device)
-        return Batch(image=(images_t[index] * 2 - 1).unsqueeze(1).contiguous(memory_format=model.memory_format),
-                     onehot=onehot(masks_t[index], model.n_labels).contiguous(memory_format=model.memory_format),
-                     offset=share.start, total=cfg.batch_size, noise=noise)
+        image = (images_t[index] * 2 - 1).unsqueeze(1)
+        cond, blend_t = onehot(masks_t[index], model.n_labels), None
+        if model.inpaints:
+            cond = torch.cat([cond, inpaint_channels(image, region[index])], 1)
+            blend_t = weight[index]
+        return Batch(image=image.contiguous(memory_format=model.memory_format),
+                     onehot=cond.contiguous(memory_format=model.memory_format),
+                     offset=share.start, total=cfg.batch_size, noise=noise, blend=blend_t)
 
     model.prepare_training(ctx, batch_of(start))
     t0, done, train_seconds = time.perf_counter(), start, 0.0
@@ -347,8 +425,8 @@ def grid_selection(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def write_grid(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, path: Path, step: int) -> None:
     rows = {"real": images}
-    for s in range(model.config.grid_styles):
-        rows[f"seed {s}"] = model.render(masks, seed=s)
+    for s in range(model.config.grid_styles):  # background: real paints into the slices shown above
+        rows[f"seed {s}"] = model.render(masks, seed=s, context=images if model.inpaints else None)
     save_sample_grid(path, masks, rows, title=f"{model.name} step {step}")
 
 
@@ -443,7 +521,7 @@ class AdversarialGenerator(LearnedGenerator):
 
     def build_training(self) -> None:
         cfg = self.config
-        self.disc = build_discriminator(cfg, in_channels=1 + self.n_labels, image_side=min(self.image_shape))
+        self.disc = build_discriminator(cfg, in_channels=1 + self.condition_channels, image_side=min(self.image_shape))
         self.disc.to(self.device)
         self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.lr_g, betas=tuple(map(float, cfg.betas)))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(map(float, cfg.betas)))
@@ -500,6 +578,8 @@ class AdversarialGenerator(LearnedGenerator):
         n = len(batch.image)
         with self.autocast():
             fake, terms = self.generator_forward(batch)
+            if batch.blend is not None:  # background: real: D and feature matching see the painted region only
+                fake = batch.blend * fake + (1 - batch.blend) * batch.image
 
         # discriminator: real and fake of the same masks, identically augmented, in one forward pass
         self.disc.requires_grad_(True)

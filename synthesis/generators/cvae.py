@@ -47,8 +47,8 @@ class CVAEGenerator(LearnedGenerator):
         cfg = self.config
         self.z_dim = cfg.z_dim
         return SpadeStyleNet(image_shape, cfg.channels, cfg.spade_hidden, cfg.z_dim, cfg.head_channels,
-                             encoder_in_channels=1 + self.n_labels, upsampling=cfg.upsampling,
-                             label_nc=self.n_labels)
+                             encoder_in_channels=1 + self.condition_channels, upsampling=cfg.upsampling,
+                             label_nc=self.condition_channels)
 
     def build_training(self) -> None:
         cfg = self.config

@@ -42,14 +42,12 @@ import torch.nn.functional as F
 from monai.inferers import DiffusionInferer
 from monai.networks.nets import SPADEDiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-from scipy import ndimage
 from torch import nn
 
-from data.types import NUM_CLASSES
 from segmentation.runtime import DistributedContext, training_module
 from synthesis.base import check_context, check_masks, register, require_context
 from synthesis.config import TrainConfig
-from synthesis.train import Batch, LearnedGenerator, onehot
+from synthesis.train import Batch, LearnedGenerator, blend, blend_weight, inpaint_region, onehot
 
 TRAIN_TIMESTEPS = 1000
 
@@ -57,27 +55,6 @@ TRAIN_TIMESTEPS = 1000
 def norm_groups(channels: list[int]) -> int:
     """Group-norm groups that divide every level's channels: MONAI's 32 where possible."""
     return math.gcd(32, *channels)
-
-
-def inpaint_region(conditions: np.ndarray, margin_px: float) -> np.ndarray:
-    """(N, H, W) bool: the heart (labels 1..3 of a condition map) and every pixel within `margin_px` of it."""
-    heart = (conditions > 0) & (conditions < NUM_CLASSES)
-    region = np.zeros(heart.shape, bool)
-    for i, h in enumerate(heart):
-        if h.any():
-            region[i] = ndimage.distance_transform_edt(~h) <= margin_px
-    return region
-
-
-def blend_weight(region: np.ndarray, blend_px: float) -> np.ndarray:
-    """(N, H, W) float32 weight of the sample: 0 outside `region`, rising to 1 at `blend_px` inside its edge."""
-    weight = region.astype(np.float32)
-    if blend_px <= 0:
-        return weight
-    for i, r in enumerate(region):
-        if r.any() and not r.all():  # distance of each region pixel to the nearest known pixel
-            weight[i] = np.clip(ndimage.distance_transform_edt(r) / blend_px, 0.0, 1.0)
-    return weight
 
 
 @dataclass
@@ -119,9 +96,6 @@ class DiffusionConfig(TrainConfig):
         "help": "background: real: the sampled region fades into the real slice over this many pixels inside its "
                 "edge (0 = a hard edge); outside the region the image is the real slice exactly"})
 
-    def context_settings(self) -> list[str]:
-        return super().context_settings() + (["background"] if self.background == "real" else [])
-
     def size_divisor(self) -> int:
         return 2 ** (len(self.channels) - 1)  # the coarsest level is not downsampled
 
@@ -137,6 +111,10 @@ class DiffusionGenerator(LearnedGenerator):
         self.scheduler = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, schedule=cfg.schedule,
                                        prediction_type=cfg.prediction_type)
         self.inferer = DiffusionInferer(self.scheduler)
+
+    @property
+    def inpaints(self) -> bool:
+        return False  # background: real is kept while sampling (RePaint), not by more condition channels
 
     def build_network(self, image_shape: tuple[int, int]) -> nn.Module:
         cfg = self.config
@@ -210,8 +188,7 @@ class DiffusionGenerator(LearnedGenerator):
                 x = self.denoise(net, seg, seed, known)
                 image = ((x.float()[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy()
                 if context is not None:
-                    w, real = weight[part], context[part]
-                    image = np.where(w > 0, w * image + (1 - w) * real, real)
+                    image = blend(image, context[part], weight[part])
                 out.append(image.astype(np.float32, copy=False))
         finally:
             net.train(was_training)

@@ -94,7 +94,7 @@ class Pix2PixGenerator(AdversarialGenerator):
     def build_network(self, image_shape: tuple[int, int]) -> nn.Module:
         cfg = self.config
         self.z_dim = 0
-        return UNetGenerator(cfg.features, cfg.dropout, in_channels=self.n_labels)
+        return UNetGenerator(cfg.features, cfg.dropout, in_channels=self.condition_channels)
 
     def generator_forward(self, batch: Batch):
         dropouts = [m for m in self.net.modules() if isinstance(m, SharedDropout)]

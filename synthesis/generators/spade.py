@@ -109,7 +109,7 @@ class SpadeGenerator(AdversarialGenerator):
         self.z_dim = cfg.z_dim
         return SpadeStyleNet(image_shape, cfg.channels, cfg.spade_hidden, cfg.z_dim, cfg.head_channels,
                              encoder_in_channels=1 if cfg.is_vae else 0, upsampling=cfg.upsampling,
-                             label_nc=self.n_labels)
+                             label_nc=self.condition_channels)
 
     def generator_forward(self, batch: Batch):
         cfg = self.config

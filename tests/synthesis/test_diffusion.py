@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from synthesis.base import build_generator, load_generator
 from synthesis.generators import SynthesisConfig
 from synthesis.generators.diffusion import DiffusionConfig
-from synthesis.generators.diffusion import blend_weight, inpaint_region
+from synthesis.train import blend_weight, inpaint_region
 from tests.synthesis.test_generators import tiny_config, toy_pairs
 
 REPO = Path(__file__).resolve().parents[2]
