@@ -97,6 +97,11 @@ class SpadeConfig(SpadeDecoderConfig, AdversarialConfig):
     lambda_l1: float = field(default=1.0, metadata={"min": 0.0,
                              "help": "weight of L1 between the image and its reconstruction from its own style "
                                      "code (is_vae only)"})
+    lambda_ms: float = field(default=0.0, metadata={
+        "min": 0.0, "keyed_unless_default": True,
+        "help": "weight of the mode-seeking term (Mao et al., CVPR 2019): a second image of the same mask from "
+                "another style code, and 1 / (mean |image difference| / mean |code difference|) is minimised, so "
+                "that style codes change the image (0 = off; costs a second generator pass per step)"})
 
 
 @register("spade")
@@ -113,9 +118,33 @@ class SpadeGenerator(AdversarialGenerator):
 
     def generator_forward(self, batch: Batch):
         cfg = self.config
-        if not cfg.is_vae:
-            return self.train_net(batch.onehot, batch.randn(cfg.z_dim)), {}
-        mu, logvar = self.net.encode(batch.image)  # the encoder's gradients join the DDP all-reduce of `net`
-        fake = self.train_net(batch.onehot, reparameterize(mu, logvar, batch.randn(cfg.z_dim)))
-        return fake, {"kl": (cfg.lambda_kl, kl_divergence(mu, logvar)),
-                      "l1": (cfg.lambda_l1, (fake.float() - batch.image).abs().mean())}
+        terms = {}
+        if cfg.is_vae:
+            mu, logvar = self.net.encode(batch.image)  # the encoder's gradients join the DDP all-reduce of `net`
+            z = reparameterize(mu, logvar, batch.randn(cfg.z_dim))
+            terms = {"kl": (cfg.lambda_kl, kl_divergence(mu, logvar))}
+        else:
+            z = batch.randn(cfg.z_dim)
+        if cfg.lambda_ms > 0:  # a second code per mask, in the same (one) generator call: one DDP forward per step
+            z2 = batch.randn(cfg.z_dim)
+            fake, other = self.train_net(batch.onehot.repeat(2, 1, 1, 1), torch.cat([z, z2])).chunk(2)
+            terms["ms"] = (cfg.lambda_ms, mode_seeking(fake, other, z, z2, batch.blend))
+        else:
+            fake = self.train_net(batch.onehot, z)
+        if cfg.is_vae:
+            terms["l1"] = (cfg.lambda_l1, (fake.float() - batch.image).abs().mean())
+        return fake, terms
+
+
+def mode_seeking(fake: torch.Tensor, other: torch.Tensor, z: torch.Tensor, z2: torch.Tensor,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over samples of 1 / (mean |fake - other| / mean |z - z2|) (MSGAN's term, per sample so that it is a
+    per-sample mean like every other loss and DDP's averaged gradient equals one process's): small when the
+    style codes move the image. `weight`: where the images count (background: real: the painted region; outside
+    it both are the real slice); a sample with nothing to paint adds 0."""
+    weight = torch.ones_like(fake, dtype=torch.float32) if weight is None else weight
+    dims = tuple(range(1, fake.dim()))
+    area = weight.sum(dims)
+    image_diff = ((fake.float() - other.float()).abs() * weight).sum(dims) / area.clamp_min(1e-6)
+    code_diff = (z.float() - z2.float()).abs().mean(1)
+    return torch.where(area > 0, 1.0 / (image_diff / code_diff + 1e-5), 0.0).mean()

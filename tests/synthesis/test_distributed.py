@@ -33,7 +33,7 @@ from tests.segmentation.test_distributed import launch_torchrun, rank_reports, r
 
 SEED = 1
 EXACT = {  # generator -> overrides; every optional part of the GAN step on except DiffAugment
-    "spade": dict(diffaugment="", r1_gamma=1.0, r1_every=2, lambda_fm=1.0),
+    "spade": dict(diffaugment="", r1_gamma=1.0, r1_every=2, lambda_fm=1.0, lambda_ms=1.0),
     "pix2pix": dict(diffaugment="", dropout=0.5),
     "cvae": dict(),
     "diffusion": dict(),
