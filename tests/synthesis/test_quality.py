@@ -243,6 +243,30 @@ def test_collapsed_generator_has_no_diversity():
     assert styled["samples"].shape == (3, *masks.shape)
 
 
+class BackgroundKeepingGenerator:
+    """The real slice (context) outside the heart, the styled heart inside: only the heart varies with the seed."""
+
+    def sample(self, masks: np.ndarray, *, seed: int, context=None) -> np.ndarray:
+        return np.where(masks > 0, StyledGenerator().sample(masks, seed=seed), context).astype(np.float32)
+
+
+def test_the_heart_only_ratio_does_not_penalise_a_kept_background():
+    """Over whole slices a generator that keeps the real background looks style-blind next to the real slices
+    behind different masks; over the heart (the union of both hearts for 'between') it is judged on its
+    painting. For a generator that paints everything from the mask, both ratios are of the same order."""
+    masks, images = toy_pairs(6, SIZE)
+    context = np.clip(images + np.random.default_rng(0).normal(0, 0.2, images.shape), 0, 1).astype(np.float32)
+    kept = diversity(BackgroundKeepingGenerator(), masks, n_styles=3, context=context)
+    heart = masks > 0
+    within = np.mean([np.abs(kept["samples"][i] - kept["samples"][j])[heart].mean()
+                      for i, j in [(0, 1), (0, 2), (1, 2)]])
+    assert kept["diversity_heart_l1"] == pytest.approx(within, rel=1e-6)
+    assert kept["diversity_heart_ratio"] > 2 * kept["diversity_ratio"]
+    styled = diversity(StyledGenerator(), masks, n_styles=3)
+    assert 0.25 < styled["diversity_heart_ratio"] / styled["diversity_ratio"] < 4
+    assert np.isnan(diversity(CollapsedGenerator(), masks[:1], n_styles=2)["diversity_heart_ratio"])
+
+
 # ---------------------------------------------------------------------------------- intensity, Dice
 
 
