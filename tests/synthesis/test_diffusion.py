@@ -20,14 +20,9 @@ from synthesis.base import build_generator, load_generator
 from synthesis.generators import SynthesisConfig
 from synthesis.generators.diffusion import DiffusionConfig
 from synthesis.train import blend_weight, inpaint_region
-from tests.synthesis.test_generators import tiny_config, toy_pairs
+from tests.synthesis.test_generators import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return toy_pairs(n=6)
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,11 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from synthesis.base import build_generator, load_generator
 from synthesis.train import Batch, inpaint_channels, inpaint_region
-from tests.synthesis.test_generators import tiny_config, toy_pairs
+from tests.synthesis.test_generators import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 INPAINTERS = ["spade", "cvae", "pix2pix"]
 MARGIN = 3.0
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return toy_pairs(n=6)
 
 
 @pytest.fixture(scope="module")

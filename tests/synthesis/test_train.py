@@ -9,12 +9,7 @@ import torch
 
 from synthesis.base import build_generator
 from synthesis.train import TrainingDiverged
-from tests.synthesis.test_generators import tiny_config, toy_pairs
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return toy_pairs(n=6)
+from tests.synthesis.test_generators import tiny_config
 
 
 def spade(**overrides):
