@@ -269,10 +269,15 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
              "Memorised: fraction of synthetic slices closer (normalised L2) to a training slice than any two "
              "real patients' slices are and also more similar by SSIM (than any real pair, and than "
              "quality.memorisation_min_ssim); flagged above the configured fraction. Diversity: mean |difference| between "
-             "style seeds of the same mask, and its ratio to the difference between masks (about 0 = style ignored). "
+             "style seeds of the same mask, and its ratio to the difference between masks (about 0 = style ignored), "
+             "over whole slices and over the heart only (a generator that keeps the real background changes nothing "
+             "else with its seed). "
              "Intensities: mean of each structure's pixels in [0, 1]. All columns: quality/quality.csv.")
     for fraction, at in table.groupby("fraction", sort=True):
-        shown = at[[c for c in QUALITY_COLUMNS if c in at.columns]].copy()
+        columns = [c for c in QUALITY_COLUMNS if c in at.columns]
+        if "draw" in at and at["draw"].nunique() > 1:  # one judge and one generator per draw of patients
+            columns.insert(0, "draw")
+        shown = at[columns].copy()
         if "kid_mean" in shown:  # KID is small (1e-4 .. 1e-2): three decimals would show zeros
             shown["kid_mean"] = shown["kid_mean"].map(lambda v: f"{v:.2e}")
         shown = shown.rename(columns=QUALITY_COLUMNS)

@@ -91,6 +91,8 @@ def test_the_draws_table_and_the_forest_plot_show_each_draw_and_the_pooled_estim
     assert pooled["draws_positive"] == int((at_half["diff_mean"] > 0).sum())
     assert pooled["diff_mean"] == pytest.approx(at_half["diff_mean"].mean(), abs=1e-12)  # same test patients
     md = (run_dir / "report" / "report.md").read_text()
+    quality = md[md.index("## Synthetic data quality"):]
+    assert quality[quality.index("| draw |"):].count("\n| 1 |") >= 2  # which draw each quality row is from
     assert "figures/forest.png" in md and (run_dir / "report" / "figures" / "forest.png").stat().st_size > 1000
 
 
