@@ -250,7 +250,8 @@ QUALITY_COLUMNS = {
     "generator": "set", "consistency_dice_mean": "seg. consistency Dice", "consistency_gap": "gap to real",
     "fd": "Fréchet dist.", "fd_noise_floor": "FD noise floor", "kid_mean": "KID", "memorised_fraction": "memorised",
     "memorisation_flagged": "flagged", "nn_ssim_median": "NN SSIM (median)", "diversity_l1": "style diversity L1",
-    "diversity_ratio": "within/between styles", "diversity_heart_ratio": "within/between styles (heart)", "intensity_LV_mean": "LV mean", "intensity_MYO_mean": "MYO mean",
+    "diversity_ratio": "within/between styles", "diversity_heart_ratio": "within/between styles (heart)",
+    "intensity_LV_mean": "LV mean", "intensity_MYO_mean": "MYO mean",
     "intensity_RV_mean": "RV mean",
 }
 

@@ -45,7 +45,7 @@ from data.settings import resumable_differences
 from data.types import NUM_CLASSES, ForeignCheckpointError
 from segmentation.runtime import (DistributedContext, autocast, autocast_dtype, derive_seed, grad_scaler,
                                   init_distributed, resolve_device, rng_devices, training_module)
-from synthesis.base import Generator, check_context, check_masks, check_pair, require_context, save_sample_grid
+from synthesis.base import Generator, check_masks, check_pair, require_context, save_sample_grid
 from synthesis.config import AdversarialConfig, TrainConfig, parse_diffaugment
 from synthesis.diffaugment import diff_augment
 
@@ -259,11 +259,7 @@ class LearnedGenerator(Generator):
         if self.net is None:
             raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
         masks = check_masks(masks, self.image_shape)
-        if self.inpaints:
-            context = require_context(context, masks, f"{self.name}: background 'real' keeps the real slice outside "
-                                                      f"the heart")
-        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema,
-                           context=context if self.inpaints else None)
+        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema, context=context)
 
     @torch.no_grad()
     def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32,
@@ -278,8 +274,8 @@ class LearnedGenerator(Generator):
         if self.z_dim:
             z = torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
         if self.inpaints:
-            context = check_context(require_context(context, conditions, f"{self.name}: background 'real'"),
-                                    conditions)
+            context = require_context(context, conditions, f"{self.name}: background 'real' keeps the real slice "
+                                                            f"outside the heart")
             region, weight = self.inpainting(conditions)
         out = []
         try:
