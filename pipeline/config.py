@@ -350,6 +350,11 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         raise _error(source, ("experiment.select_on", "experiment.synthetic_ratios", "segmentation.synthetic_ratio"),
                      f"experiment.select_on = none keeps segmentation.synthetic_ratio = {seg.synthetic_ratio:g}, "
                      f"which experiment.synthetic_ratios {exp.synthetic_ratios} does not try; add it there")
+    if seg.synthetic_filter and "real" not in exp.arms:
+        raise _error(source, ("segmentation.synthetic_filter", "experiment.arms"),
+                     f"segmentation.synthetic_filter = {seg.synthetic_filter:g} drops the synthetic slices the real "
+                     f"arm's segmenter segments worst, but experiment.arms {exp.arms} does not run the real arm; "
+                     f"add it or set segmentation.synthetic_filter to 0")
     needs_generators = any(arm != "real" for arm in cfg.experiment.arms)
     if needs_generators and not cfg.experiment.generators:
         raise _error(source, ("experiment.generators", "experiment.arms"),

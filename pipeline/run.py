@@ -71,6 +71,13 @@ class Segmenter:
         share = {} if self.synthetic_ratio is None else {"synthetic_ratio": self.synthetic_ratio}
         return dataclasses.replace(cfg, augmentation=self.augmentation, **share)
 
+    def judge(self, cfg: SegmentationConfig) -> Segmenter | None:
+        """The real-arm segmenter of the same patients, seed and augmentation that filters this one's synthetic
+        slices (`segmentation.synthetic_filter`), or None."""
+        if self.arm == "real" or not self.config(cfg).synthetic_filter:
+            return None
+        return Segmenter(self.fraction, "real", "", self.seed, self.augmentation, self.draw)
+
     def share(self, cfg: SegmentationConfig) -> float:
         """The share of synthetic samples in its batches: 0 for the real arm, 1 for the synthetic arm."""
         return {"real": 0.0, "synthetic": 1.0}.get(self.arm, float(self.config(cfg).synthetic_ratio))
@@ -371,38 +378,59 @@ def synthetic_key(synthesized: dict[str, Any], seg: Segmenter) -> str | None:
 
 
 def train_segmenters(run: Run) -> dict[str, Any]:
-    return execute(run, plan_segmenters(run))
+    """Every segmenter of the sweep; those that filter their synthetic slices (`Segmenter.judge`) after the rest,
+    so that their judges are trained whichever process (sweep mode) trains them."""
+    units, judged = plan_segmenters(run)
+    return {**execute(run, [u for u in units if u.name not in judged]),
+            **execute(run, [u for u in units if u.name in judged])}
 
 
-def plan_segmenters(run: Run) -> list[Unit]:
-    """One unit per segmenter of the sweep (`Run.segmenters`)."""
+def plan_segmenters(run: Run) -> tuple[list[Unit], set[str]]:
+    """(one unit per segmenter of the sweep (`Run.segmenters`), the names of those that need a judge)."""
+    from segmentation.filtering import filter_synthetic
+    from segmentation.model import load_model
     from segmentation.train import train_segmenter
 
     synth = read_json(run.stage_dir("synthesize") / MANIFEST)["results"] if any(
         s.generator for s in run.segmenters()) else {}
     val_cases = run.patient_cases(run.split["val"])
     real_arm_ignores = synthetic_only(SegmentationConfig)
-    units = []
+
+    def key(seg: Segmenter) -> str:
+        settings = result_settings(seg.config(run.cfg.segmentation))
+        if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
+            settings = {k: v for k, v in settings.items() if k not in real_arm_ignores}
+        judge = seg.judge(run.cfg.segmentation)
+        return stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
+                           seg.identity(), settings, synthetic_key(synth, seg), *([key(judge)] if judge else []))
+
+    units, judged = [], set()
     for seg in run.segmenters():
         real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
+        seg_cfg = seg.config(run.cfg.segmentation)
+        judge = seg.judge(run.cfg.segmentation)
 
-        def compute(unit_dir: Path, seg=seg, real_cases=real_cases) -> dict[str, Any]:
+        def compute(unit_dir: Path, seg=seg, seg_cfg=seg_cfg, judge=judge, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator, seg.draw) if seg.generator else None
-            result = train_segmenter(seg.arm, real_cases, val_cases, seg.config(run.cfg.segmentation), unit_dir,
-                                     synthetic_cases=synthetic, seed=seg.seed, preprocess=run.cfg.data.preprocess,
-                                     dist=run.train_context())
+            if judge is not None:
+                model, _ = load_model(artifact(run, "train_segmenters", judge.name, SegmenterArtifact).best_checkpoint)
+                synthetic, marked = filter_synthetic(model, synthetic, seg_cfg.synthetic_filter,
+                                                     unit_dir / "synthetic_filter.csv")
+                dropped = marked.loc[~marked["kept"], "dice"]
+                get_logger().info(f"{seg.name}: {len(dropped)} of {len(marked)} synthetic slices dropped, those the "
+                                  f"judge {judge.name} segments worst (2D Dice <= {dropped.max():.3f})"
+                                  if len(dropped) else f"{seg.name}: no synthetic slice dropped")
+            result = train_segmenter(seg.arm, real_cases, val_cases, seg_cfg, unit_dir, synthetic_cases=synthetic,
+                                     seed=seg.seed, preprocess=run.cfg.data.preprocess, dist=run.train_context())
             made = SegmenterArtifact(best_checkpoint=str(Path(result.best_checkpoint).relative_to(unit_dir)),
                                      metrics_csv=str(Path(result.metrics_csv).relative_to(unit_dir)))
             figures = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, Path)}
             return with_artifact(made, figures)  # paths only in the artifact, relative to the unit folder
 
-        settings = result_settings(seg.config(run.cfg.segmentation))
-        if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
-            settings = {k: v for k, v in settings.items() if k not in real_arm_ignores}
-        key = stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
-                          seg.identity(), settings, synthetic_key(synth, seg))
-        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key, compute, trains=True))
-    return units
+        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key(seg), compute, trains=True))
+        if judge is not None:
+            judged.add(seg.name)
+    return units, judged
 
 
 def evaluate(run: Run) -> dict[str, Any]:

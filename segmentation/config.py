@@ -53,6 +53,12 @@ class SegmentationConfig:
                 "shapes early, real appearance last; half the synthetic samples of constant). Measured on ACDC, "
                 "10 patients x 5 draws, GMM, strong augmentation: -0.2 validation Dice points vs constant (from "
                 "0.5), -0.8 from 1.0 (the constant 0.5's synthetic exposure)"})
+    synthetic_filter: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 0.9, "synthetic_only": True, "keyed_unless_default": True,
+        "help": "share of the synthetic slices dropped before training: those on which the real arm's segmenter "
+                "of the same patients, seed and augmentation (the judge; needs the real arm in experiment.arms) "
+                "agrees least with their mask (2D Dice); each dropped slice is listed in the segmenter's "
+                "synthetic_filter.csv. 0 = keep all"})
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
                                    "help": "training slices whose mask is empty are drawn this much less often "
                                            "(1 = never); validation and test always use every slice"})

@@ -71,7 +71,7 @@ def test_the_synthetic_share_is_declared_synthetic_only_and_is_a_result_setting(
     from data.settings import synthetic_only
     from segmentation.config import SegmentationConfig
 
-    assert synthetic_only(SegmentationConfig) == {"synthetic_ratio", "synthetic_schedule"}
+    assert synthetic_only(SegmentationConfig) == {"synthetic_ratio", "synthetic_schedule", "synthetic_filter"}
     assert not synthetic_only(SegmentationConfig) & names_with_role(SegmentationConfig, RUNTIME)
 
 
