@@ -139,8 +139,24 @@ class StageRecord:
 
 
 def stage_current(stage_dir: Path, key: str) -> StageRecord | None:
+    """The stage's record if it was finished with `key` and every unit it lists is still done with its own key:
+    a unit folder reset since (e.g. by a killed run of other settings) makes the stage run again, which redoes
+    that unit only, instead of a later stage failing on it."""
     record = _record_with_key(Path(stage_dir) / MANIFEST, key)
-    return StageRecord(**record) if record is not None else None
+    if record is None or any(_unit_gone(Path(stage_dir), name, result)
+                             for name, result in (record.get("results") or {}).items()):
+        return None
+    return StageRecord(**record)
+
+
+def _unit_gone(stage_dir: Path, name: str, result: Any) -> bool:
+    """Whether a manifest's result entry is a unit's (it holds the unit's key) that is no longer done; a name
+    leading out of the stage folder counts as gone (never read)."""
+    if not (isinstance(result, dict) and isinstance(result.get("key"), str)):
+        return False
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return True
+    return unit_done(stage_dir / name, result["key"]) is None
 
 
 def write_stage_manifest(stage_dir: Path, record: StageRecord) -> Path:

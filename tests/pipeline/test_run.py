@@ -120,6 +120,23 @@ def test_runtime_settings_keep_the_cached_units(phantom_root, extra_sets, finish
     assert done_stamps(run_dir) == before  # stages re-checked, but no unit trained or evaluated again
 
 
+def test_a_unit_reset_after_its_stage_finished_is_redone_not_read(phantom_root, extra_sets, finished, tmp_path):
+    """A killed run of other settings may reset a unit folder (its key changed) after the stage's manifest was
+    written; the next run of the first settings redoes that unit alone instead of failing to read it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    unit = run_dir / "train_segmenters" / "f0.5" / "real_plus_synthetic-gmm" / "seed0"
+    shutil.rmtree(unit)
+    unit.mkdir()
+    (unit / ".started").write_text("another key")
+    before = done_stamps(run_dir)
+    run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets))
+    after = done_stamps(run_dir)
+    assert {k for k in after if k.startswith("train_segmenters/") and after[k] != before.get(k)} == {
+        str(unit.relative_to(run_dir) / "done.json")}
+    assert (run_dir / "evaluate" / "per_case.csv").is_file()
+
+
 def test_force_reruns_one_stage(phantom_root, extra_sets, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
