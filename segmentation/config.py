@@ -58,7 +58,9 @@ class SegmentationConfig:
         "help": "share of the synthetic slices dropped before training: those on which the real arm's segmenter "
                 "of the same patients, seed and augmentation (the judge; needs the real arm in experiment.arms) "
                 "agrees least with their mask (2D Dice); each dropped slice is listed in the segmenter's "
-                "synthetic_filter.csv. 0 = keep all"})
+                "synthetic_filter.csv. 0 = keep all. Measured on ACDC, 10 patients x 5 draws, strong augmentation, "
+                "share 0.2, 0.25 dropped: +0.7 validation / +0.5 test Dice points for the GMM, +0.2 / +0.2 for SPADE; "
+                "neither passes warp [strong]"})
     drop_empty_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
                                    "help": "training slices whose mask is empty are drawn this much less often "
                                            "(1 = never); validation and test always use every slice"})
