@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from data.io import write_text
-from data.types import ForeignCheckpointError
+from data.io import inside, write_text
+from data.types import DataError, ForeignCheckpointError
 from pipeline.logs import get_logger
 
 if TYPE_CHECKING:
@@ -154,9 +154,11 @@ def _unit_gone(stage_dir: Path, name: str, result: Any) -> bool:
     leading out of the stage folder counts as gone (never read)."""
     if not (isinstance(result, dict) and isinstance(result.get("key"), str)):
         return False
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+    try:
+        folder = inside(stage_dir, name, source=stage_dir / MANIFEST, what="unit")
+    except DataError:
         return True
-    return unit_done(stage_dir / name, result["key"]) is None
+    return unit_done(folder, result["key"]) is None
 
 
 def write_stage_manifest(stage_dir: Path, record: StageRecord) -> Path:

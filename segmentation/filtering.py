@@ -18,26 +18,22 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from monai.metrics import compute_dice
 
 from data.io import write_csv
-from data.types import STRUCTURES, PreparedCase
-from segmentation.evaluate import predict_probabilities
+from data.types import PreparedCase
+from segmentation.evaluate import one_hot, predict_probabilities
 
 
 def slice_agreement(prediction: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per slice of two (S, H, W) label volumes: mean Dice over the foreground labels either holds (1.0 where
-    neither holds any)."""
-    scores = np.ones(len(mask), dtype=np.float64)
-    for i, (pred, truth) in enumerate(zip(prediction, mask)):
-        dice = []
-        for label in range(1, len(STRUCTURES) + 1):
-            p, t = pred == label, truth == label
-            total = int(p.sum()) + int(t.sum())
-            if total:
-                dice.append(2.0 * int(np.logical_and(p, t).sum()) / total)
-        if dice:
-            scores[i] = float(np.mean(dice))
-    return scores
+    neither holds any). MONAI's `compute_dice` per slice and label (1 where both are empty, which the mean
+    leaves out)."""
+    pred, truth = (one_hot(labels)[0].movedim(1, 0).double() for labels in (prediction, mask))  # (S, C, H, W)
+    dice = compute_dice(pred, truth, include_background=False, ignore_empty=False)  # (S, labels), float64
+    held = (pred[:, 1:].sum(dim=(2, 3)) + truth[:, 1:].sum(dim=(2, 3))) > 0
+    mean = (dice * held).sum(dim=1) / held.sum(dim=1).clamp(min=1)
+    return torch.where(held.any(dim=1), mean, torch.ones_like(mean)).numpy()
 
 
 def judge_slices(model: torch.nn.Module, cases: Sequence[PreparedCase], batch_size: int = 16) -> pd.DataFrame:
