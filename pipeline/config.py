@@ -110,8 +110,8 @@ class LaunchConfig:
     mode: str = field(default="ddp", metadata={
         "choices": ["ddp", "sweep"],
         "help": "ddp: every generator/segmenter trains on all processes (DistributedDataParallel, the global "
-                "batch split between them); sweep: the independent units (fraction x arm x seed, generators) are "
-                "spread over the processes, each trained by one process on its own GPU"})
+                "batch split between them); sweep: the independent units (fraction x arm x seed, generators and "
+                "their synthetic sets) are spread over the processes, each done by one process on its own GPU"})
     timeout_min: float = field(default=720.0, metadata={
         "min_exclusive": 0.0, "help": "minutes a process waits for the others (e.g. while rank 0 evaluates)"})
 
@@ -307,6 +307,22 @@ def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError
     return _error(source, key, f"{key} = {value!r} ({type(value).__name__}) has the wrong type; expected {expected}")
 
 
+def _check_window(source: str, name: str, window: int, factor: int, crop: int, background: str) -> None:
+    """synthesis.<name>.crop_px: heart-centred windows only where the real slice is kept around them, no larger
+    than the slices, and divisible like a slice."""
+    key = f"synthesis.{name}.crop_px"
+    if background != "real":
+        raise _error(source, (key, f"synthesis.{name}.background"),
+                     f"{key} = {window} paints heart-centred windows into the real slice, which needs "
+                     f"synthesis.{name}.background = 'real' (it is {background!r}); set it or crop_px to 0")
+    if window > crop:
+        raise _error(source, (key, "data.preprocess.crop_size"),
+                     f"{key} = {window} is larger than the slices (data.preprocess.crop_size = {crop})")
+    if window % factor:
+        raise _error(source, key, f"{key} = {window} must be divisible by {factor} for generator {name!r} (its "
+                                  f"downsampling depth, see synthesis.{name})")
+
+
 def _error(source: str, keys: str | tuple[str, ...], message: str) -> ConfigError:
     """A ConfigError about `keys` (the first is the one to blame), from `source` unless a --set gave it."""
     return ConfigError(message, source=source, keys=(keys,) if isinstance(keys, str) else keys)
@@ -371,7 +387,10 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
                          f"joined by '+', each listed in experiment.generators {cfg.experiment.generators}")
     for name in cfg.experiment.generators:
         factor = cfg.synthesis.size_divisor(name)
-        if crop % factor:
+        window = getattr(cfg.synthesis.generator_config(name), "crop_px", 0)
+        if window:
+            _check_window(source, name, window, factor, crop, cfg.synthesis.generator_config(name).background)
+        elif crop % factor:
             raise _error(source, ("data.preprocess.crop_size", f"synthesis.{name}"),
                          f"data.preprocess.crop_size = {crop} must be divisible by {factor} for generator {name!r} "
                          f"(its downsampling depth, see synthesis.{name})")

@@ -138,6 +138,8 @@ def write_report(run: "Run") -> dict[str, Path]:
         sentences = [SEALED] + [f"On the validation patients: {s}" for s in sentences]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
     doc.md.extend(f"> {s}\n" for s in sentences)
+    if synthetic_use(run.cfg):
+        doc.para(synthetic_use(run.cfg))
     if not run.cfg.data.root:
         doc.para("These results are on the embedded phantom, generated for this run: they demonstrate the pipeline "
                  "and say nothing about whether synthetic data helps on real patients. That answer has to come from "
@@ -330,6 +332,34 @@ def _seal_section(doc: _Doc, run: "Run") -> None:
         doc.para(f"Never unsealed ({UNSEALED} is absent).")
 
 
+def synthetic_use(cfg: PipelineConfig) -> str:
+    """How the real+synthetic arms used their synthetic slices, in words ('' without such an arm): the settings
+    that make two runs' 'real+synthetic' rows different experiments (generator mode, share, filter)."""
+    if "real+synthetic" not in cfg.experiment.arms:
+        return ""
+    seg, parts = cfg.segmentation, []
+    for name in cfg.experiment.generators:
+        gen = cfg.synthesis.generator_config(name)
+        if getattr(gen, "background", "") == "real":
+            window = getattr(gen, "crop_px", 0)
+            margin = getattr(gen, "inpaint_margin_px", None)
+            parts.append(f"{name} keeps the real slice outside the heart"
+                         + (f" (dilated by {margin:g} px)" if margin is not None else "") + " and paints the heart"
+                         + (f" on {window} x {window}-px heart-centred windows" if window else ""))
+    if cfg.experiment.synthetic_ratios:
+        share = (f"the synthetic share of each batch was one of {cfg.experiment.synthetic_ratios} "
+                 f"(experiment.synthetic_ratios; the one used is in the selection table)")
+    else:
+        share = f"synthetic share of each batch {seg.synthetic_ratio:g} (segmentation.synthetic_ratio)"
+    if seg.synthetic_schedule != "constant":
+        share += f", {seg.synthetic_schedule.replace('_', ' ')} over training (segmentation.synthetic_schedule)"
+    parts.append(share)
+    parts.append(f"the {seg.synthetic_filter:.0%} of the synthetic slices that the real arm's segmenter agrees least "
+                 f"with were dropped (segmentation.synthetic_filter; each segmenter's synthetic_filter.csv)"
+                 if seg.synthetic_filter else "every synthetic slice kept (segmentation.synthetic_filter 0)")
+    return "Real+synthetic arms: " + "; ".join(parts) + "."
+
+
 def headline_table(run: "Run") -> str:
     """What `make run` prints at the end: mean Dice ± sd over seeds per condition, then the headlines."""
     ev = run.stage_dir("evaluate")
@@ -343,7 +373,8 @@ def headline_table(run: "Run") -> str:
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
     sealed = [] if run.test_open else [SEALED]
-    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []))
+    use = [synthetic_use(run.cfg)] if synthetic_use(run.cfg) else []
+    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []) + use)
 
 
 def convergence_note(row: Any) -> str:

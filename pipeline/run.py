@@ -35,7 +35,9 @@ from segmentation.statistics import with_conditions
 from synthesis.base import REGISTRY
 
 STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
-TRAINING_STAGES = ("train_generator", "train_segmenters")  # the ones several processes share (launch.mode)
+# the stages several processes share (launch.mode); synthesize: sampling a learned generator (the diffusion model's
+# denoising loop) costs minutes per subset, so a sweep deals its units out too
+SHARED_STAGES = ("train_generator", "synthesize", "train_segmenters")
 
 
 @dataclass
@@ -318,7 +320,7 @@ def plan_generators(run: Run) -> list[Unit]:
             unit = f"{subset_dir(fraction, draw)}/{name}"
             key = stable_hash(run.keys["data"], patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {sum(len(c.mask) for c in cases)} slices")
-            units.append(Unit(unit, run.stage_dir("train_generator") / unit, key, compute, trains=True, ddp=learned))
+            units.append(Unit(unit, run.stage_dir("train_generator") / unit, key, compute, shared=True, ddp=learned))
     return units
 
 
@@ -348,7 +350,7 @@ def synthesize(run: Run) -> dict[str, Any]:
                 return with_artifact(made, {"n_volumes": int(len(manifest)), "rejects": rejects.as_dict()})
 
             key = stable_hash(generated[unit]["key"], scfg.seed, scfg.n_volumes, result_settings(scfg.masks))
-            units.append(Unit(unit, run.stage_dir("synthesize") / unit, key, compute))
+            units.append(Unit(unit, run.stage_dir("synthesize") / unit, key, compute, shared=True, ddp=False))
     return execute(run, units)
 
 
@@ -427,7 +429,7 @@ def plan_segmenters(run: Run) -> tuple[list[Unit], set[str]]:
             figures = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, Path)}
             return with_artifact(made, figures)  # paths only in the artifact, relative to the unit folder
 
-        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key(seg), compute, trains=True))
+        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key(seg), compute, shared=True))
         if judge is not None:
             judged.add(seg.name)
     return units, judged
@@ -714,7 +716,7 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
     last = max((needed.index(s) for s in wanted if s in needed), default=len(needed) - 1)
     needed = needed[:last + 1]  # up to the last stage asked for, whether it runs or is already current
     for i, stage in enumerate(needed):
-        if run.ctx.is_distributed and not set(needed[i:]) & set(TRAINING_STAGES):
+        if run.ctx.is_distributed and not set(needed[i:]) & set(SHARED_STAGES):
             from segmentation.runtime import shutdown_distributed
 
             run.ctx.barrier()
@@ -737,7 +739,7 @@ def run_pipeline(cfg: PipelineConfig, *, stages: list[str] | None = None, force:
             raise RuntimeError(f"stage {stage!r} is needed by {wanted} but is not up to date; run it first "
                                f"(add it to --stages)")
         log.info(f"[{stage}] running" + (f" on {run.ctx.world_size} processes ({cfg.launch.mode})"
-                                         if run.ctx.is_distributed and stage in TRAINING_STAGES else ""))
+                                         if run.ctx.is_distributed and stage in SHARED_STAGES else ""))
         t0 = time.perf_counter()
         results = _run_stage(run, stage)
         wall = round(time.perf_counter() - t0, 2)
@@ -788,7 +790,7 @@ def _run_stage(run: Run, stage: str) -> dict[str, Any]:
     if not run.ctx.is_distributed:
         return stage_fn(run)
     try:
-        if stage not in TRAINING_STAGES:
+        if stage not in SHARED_STAGES:
             run.mode = "solo"
             return run.ctx.main_then_broadcast(lambda: stage_fn(run))
         run.mode = run.cfg.launch.mode  # how `execute` shares the stage's training units

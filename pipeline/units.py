@@ -1,8 +1,8 @@
 """The contract between the pipeline and its stages: planned units, typed artifacts, one executor.
 
 A stage plans its work as a list of `Unit`s (name, output folder, cache key, the function that computes it,
-whether it trains) and hands the list to `execute`, which skips the units already done with their key,
-resumes started ones (`pipeline.cache.run_unit`) and spreads training units over torchrun's processes by
+whether processes share it) and hands the list to `execute`, which skips the units already done with their key,
+resumes started ones (`pipeline.cache.run_unit`) and spreads shared units over torchrun's processes by
 their place in the list: every process plans the same list, so nothing depends on the order of calls.
 
 A unit's result (in its done.json and the stage's manifest.json) holds a typed artifact where later stages
@@ -39,13 +39,14 @@ class Unit:
     folder: Path
     key: str  # the hash of everything its result depends on
     compute: Callable[[Path], dict[str, Any]]  # fills the folder, returns the result (JSON-able)
-    trains: bool = False  # shared by the processes (DDP), or dealt to one of them in sweep mode; else rank 0
-    ddp: bool = True  # for a training unit: False when several processes gain nothing (e.g. fitting the GMM)
+    shared: bool = False  # worked on by the processes (together under DDP, or dealt to one in sweep mode); else rank 0
+    ddp: bool = True  # for a shared unit: False when processes gain nothing by doing it together (fitting the GMM,
+    # sampling): under DDP rank 0 does it alone, in a sweep it is still dealt out
 
 
 def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
-    """Every unit's result by name ({"key": ..., **result}), in the order planned. Training units under
-    torchrun: all processes train each together (`launch.mode: ddp`), or unit i is trained by process
+    """Every unit's result by name ({"key": ..., **result}), in the order planned. Shared units under
+    torchrun: all processes do each together (`launch.mode: ddp`), or unit i is done by process
     i mod world_size alone (`sweep`) and every process then reads the others' done.json. Other units (and
     everything in a single process or a stage that rank 0 runs alone) run where they are called."""
     names = [u.name for u in units]
@@ -67,7 +68,7 @@ def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
     for unit in units:
         if not ctx.is_distributed or run.mode == "solo":
             result = run_unit(unit.folder, unit.key, unit.compute)
-        elif unit.trains and unit.ddp:
+        elif unit.shared and unit.ddp:
             result = run_unit(unit.folder, unit.key, unit.compute, ctx=ctx)
         else:
             result = ctx.main_then_broadcast(lambda unit=unit: run_unit(unit.folder, unit.key, unit.compute))

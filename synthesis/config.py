@@ -97,6 +97,15 @@ class TrainConfig(GeneratorConfig):
         "help": "background: real: the painted region fades into the real slice over this many pixels inside its "
                 "edge (0 = a hard edge); outside the region the image is the real slice exactly"})
 
+    crop_px: int = field(default=0, metadata={
+        "min": 0, "max": 1024, "keyed_unless_default": True,
+        "help": "background: real: train and paint on crop_px x crop_px windows centred on each slice's heart "
+                "(its bounding box; training slices without heart are left out, and sampled ones are returned as "
+                "their real slice) and paste the painted window back; 0 = whole slices. Cheaper on a CPU (96 px: "
+                "~0.5x the cost of 128); must be divisible like the slices (see the generator's channels). At 1.5 "
+                "mm, 96 px hold the heart and a 6-px margin in 97 % of ACDC's labelled slices; where the region "
+                "reaches the window's edge it is painted up to one pixel inside it"})
+
     def context_settings(self) -> list[str]:
         return super().context_settings() + (["background"] if self.background == "real" else [])
 

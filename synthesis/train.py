@@ -124,6 +124,27 @@ def blend(painted: np.ndarray, real: np.ndarray, weight: np.ndarray) -> np.ndarr
     return np.where(weight > 0, weight * painted + (1 - weight) * real, real).astype(np.float32, copy=False)
 
 
+def heart_windows(conditions: np.ndarray, side: int) -> np.ndarray:
+    """(N, 2) top-left corners of the side x side windows centred on each slice's heart (the bounding box of
+    labels 1..3), moved inside the slice where they would stick out; (-1, -1) for a slice without heart."""
+    n, h, w = conditions.shape
+    if side > min(h, w):
+        raise ValueError(f"crop_px = {side} is larger than the {h}x{w} slices")
+    corners = np.full((n, 2), -1, np.int64)
+    for i, c in enumerate(conditions):
+        ys, xs = np.nonzero((c > 0) & (c < NUM_CLASSES))
+        if len(ys):
+            corners[i] = [min(max((lo + hi + 1) // 2 - side // 2, 0), size - side)
+                          for lo, hi, size in ((ys.min(), ys.max(), h), (xs.min(), xs.max(), w))]
+    return corners
+
+
+def cut_windows(slices: np.ndarray, corners: np.ndarray, side: int) -> np.ndarray:
+    """The side x side window of every slice at its corner (a copy)."""
+    return np.stack([a[y:y + side, x:x + side] for a, (y, x) in zip(slices, corners)]) if len(slices) else \
+        np.zeros((0, side, side), slices.dtype)
+
+
 def inpaint_channels(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """The two condition channels of background: real, (n, 2, H, W): the known image (`image`, (n, 1, H, W) in
     [-1, 1], blanked to 0 in the region) and the region (`region`, (n, 1, H, W) bool) as 0/1."""
@@ -216,8 +237,13 @@ class LearnedGenerator(Generator):
         return self.n_labels + (2 if self.inpaints else 0)
 
     def inpainting(self, conditions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(region to paint (N, H, W) bool, blend weight of the painted image (N, H, W) float32)."""
+        """(region to paint (N, H, W) bool, blend weight of the painted image (N, H, W) float32). On heart-centred
+        windows (`crop_px`) the window's outer pixels stay known, so the painting fades in before the edge where it
+        is pasted back."""
         region = inpaint_region(conditions, self.config.inpaint_margin_px)
+        if self.config.crop_px:
+            region[:, [0, -1], :] = False
+            region[:, :, [0, -1]] = False
         return region, blend_weight(region, self.config.blend_px)
 
     # ------------------------------------------------------------------------------------ shared
@@ -247,19 +273,45 @@ class LearnedGenerator(Generator):
 
     def fit(self, masks: np.ndarray, images: np.ndarray, out_dir: Path | str, *, seed: int = 0,
             dist: DistributedContext | None = None) -> dict[str, Any]:
-        masks, images = check_pair(masks, images, self.divisor)
+        side = self.config.crop_px
+        masks, images = check_pair(masks, images, 1 if side else self.divisor)
         if dist is not None:
             self.device = dist.device  # the context's device wins (e.g. one GPU per process in a sweep)
         conditions = self.fit_tissue(masks, images, seed)  # the tissue classes fix the network's input channels
-        self.build(masks.shape[1:], training=True, seed=seed)
+        if side:  # heart-centred windows of the slices that hold a heart
+            corners = heart_windows(conditions, side)
+            held = corners[:, 0] >= 0
+            if not held.any():
+                raise ValueError(f"{self.name}: crop_px = {side} centres windows on the heart, but no training "
+                                 f"slice holds one")
+            conditions = cut_windows(conditions[held], corners[held], side)
+            images = cut_windows(images[held], corners[held], side)
+        self.build(conditions.shape[1:], training=True, seed=seed)
         return fit_loop(self, conditions, images, Path(out_dir), seed=seed, dist=dist)
 
     def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None,
                use_ema: bool = True) -> np.ndarray:
         if self.net is None:
             raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
-        masks = check_masks(masks, self.image_shape)
-        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema, context=context)
+        side = self.config.crop_px
+        masks = check_masks(masks, None if side else self.image_shape)
+        keep = None
+        if self.config.background == "real":
+            keep = require_context(context, masks, f"{self.name}: background 'real' keeps the real slice outside "
+                                                   f"the heart")
+        conditions = self.conditions(masks, context)
+        if not side:
+            return self.render(conditions, seed=seed, use_ema=use_ema, context=keep)
+        # heart-centred windows painted and pasted back; a slice without heart is its real slice
+        corners = heart_windows(conditions, side)
+        held = np.flatnonzero(corners[:, 0] >= 0)
+        out = keep.copy()
+        painted = self.render(cut_windows(conditions[held], corners[held], side), seed=seed, use_ema=use_ema,
+                              context=cut_windows(keep[held], corners[held], side))
+        for i, window in zip(held, painted):
+            y, x = corners[i]
+            out[i, y:y + side, x:x + side] = window
+        return out
 
     @torch.no_grad()
     def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32,

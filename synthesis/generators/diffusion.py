@@ -45,9 +45,9 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from segmentation.runtime import DistributedContext, training_module
-from synthesis.base import check_context, check_masks, register, require_context
+from synthesis.base import check_context, register
 from synthesis.config import TrainConfig
-from synthesis.train import Batch, LearnedGenerator, blend, blend_weight, inpaint_region, onehot
+from synthesis.train import Batch, LearnedGenerator, blend, onehot
 
 TRAIN_TIMESTEPS = 1000
 
@@ -155,17 +155,6 @@ class DiffusionGenerator(LearnedGenerator):
         return {"loss": float(loss.detach())}
 
     # -------------------------------------------------------------------------------------- sampling
-    def sample(self, masks: np.ndarray, *, seed: int, context: np.ndarray | None = None,
-               use_ema: bool = True) -> np.ndarray:
-        if self.net is None:
-            raise RuntimeError(f"{self.name}: fit or load the generator before sampling")
-        masks = check_masks(masks, self.image_shape)
-        real = None
-        if self.config.background == "real":
-            real = require_context(context, masks, "diffusion: background 'real' keeps the real slice outside "
-                                                   "the heart")
-        return self.render(self.conditions(masks, context), seed=seed, use_ema=use_ema, context=real)
-
     @torch.no_grad()
     def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32,
                context: np.ndarray | None = None) -> np.ndarray:
@@ -177,8 +166,7 @@ class DiffusionGenerator(LearnedGenerator):
         region = weight = None
         if context is not None:
             context = check_context(context, conditions)
-            region = inpaint_region(conditions, self.config.inpaint_margin_px)
-            weight = blend_weight(region, self.config.blend_px)
+            region, weight = self.inpainting(conditions)
         out = []
         try:
             for start in range(0, len(conditions), chunk):

@@ -53,6 +53,7 @@ def test_two_processes_give_the_single_process_results(phantom_root, single, tmp
     assert "torch.distributed.run" in done.stdout  # it relaunched itself under torchrun
     log = (run_dir / "run.log").read_text()
     assert f"on 2 processes ({mode})" in log and "[rank 1]" not in log
+    assert f"[synthesize] running on 2 processes ({mode})" in log  # a sweep deals synthetic sets out too
     ours, reference = per_case(run_dir), per_case(single)
     if mode == "sweep":  # each unit trained by one process, as in the single-process run
         pd.testing.assert_frame_equal(ours, reference)

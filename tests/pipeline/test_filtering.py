@@ -32,6 +32,10 @@ def test_filtered_arms_retrain_on_the_slices_their_judge_keeps(phantom_root, ext
         assert marked.loc[~marked["kept"], "dice"].max() <= marked.loc[marked["kept"], "dice"].min()
         key = json.loads((run_dir / name).read_text())["key"]
         assert key != json.loads((finished / name).read_text())["key"]
+    from pipeline.report import synthetic_use  # the report and the printed table say that slices were dropped
+
+    assert "the 50% of the synthetic slices that the real arm's segmenter agrees least with were dropped" in \
+        synthetic_use(tiny_config(phantom_root, run_dir, "segmentation.synthetic_filter=0.5"))
 
 
 def test_a_filter_without_the_real_arm_is_refused_by_name(phantom_root, tmp_path):

@@ -266,6 +266,8 @@ def test_undertrained_segmenters_are_flagged_and_no_gain_is_claimed(finished):
 
     printed = headline_table(Run(cfg=tiny_config(Path("unused"), finished), run_dir=finished))
     assert "NOT CONVERGED" in printed and "NO CONCLUSION" in printed
+    use = "Real+synthetic arms: synthetic share of each batch 0.5 (segmentation.synthetic_ratio)"
+    assert use in md and use in printed and "every synthetic slice kept" in md  # how the synthetic rows were made
 
 
 def test_converged_runs_state_their_effect_and_plateau_settings_retrain_nothing(finished, extra_sets, phantom_root,

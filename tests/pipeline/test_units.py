@@ -39,7 +39,7 @@ def units(root: Path, computed: list[str]) -> list[Unit]:
         computed.append(unit_dir.name)
         return {"value": unit_dir.name}
 
-    return [Unit(f"u{i}", root / f"u{i}", f"key{i}", compute, trains=True) for i in range(5)]
+    return [Unit(f"u{i}", root / f"u{i}", f"key{i}", compute, shared=True) for i in range(5)]
 
 
 def test_a_sweep_deals_units_by_their_place_in_the_plan(tmp_path):
