@@ -119,6 +119,26 @@ class Run:
         return read_json(self.stage_dir("prepare") / "splits.json")
 
     @cached_property
+    def data_key(self) -> str:
+        """What every unit downstream of prepare is keyed on: the data settings and the content of the training
+        and validation patients' files (`content_key`), as the prepare stage recorded it. A dataset
+        provisioned again with new mtimes re-runs prepare (seconds) and nothing else."""
+        return read_json(self.stage_dir("prepare") / MANIFEST)["results"]["data_key"]
+
+    @cached_property
+    def test_key(self) -> str:
+        """The content of the test patients' and the extra test sets' files: in the evaluation keys of a run
+        whose test set is open (only then may their masks be read)."""
+        if not self.test_open:
+            raise RuntimeError("the test set is sealed: its files are not read, not even to hash them")
+        refs = [(r, self.cfg.data.label_map) for r in self._refs(self.split["test"], test=True)]
+        for test_set in self.cfg.data.extra_test_sets:
+            from data.layouts import list_cases
+
+            refs += [(r, test_set.label_map) for r in list_cases(self.extra_root(test_set), test_set.layout)]
+        return stable_hash([content_key(r, self.cfg.data.preprocess, m) for r, m in refs])
+
+    @cached_property
     def cases(self) -> dict[str, PreparedCase]:
         """Every prepared real case by case id, read from the prepare stage's cache (no NIfTI reading); the test
         patients' only when the test set is open (`test_open`)."""
@@ -251,6 +271,12 @@ def prepare(run: Run) -> dict[str, Any]:
                        fractions=cfg.experiment.fractions, linked=linked, draws=cfg.experiment.draws,
                        outer_folds=cfg.experiment.outer_folds)
     write_split(stage_dir / "splits.json", split)
+    tested = set(split.test)
+    # as prepare_key, with the content of the files a training or validation unit may read for their mtimes (the
+    # units hold their own patients, so the split and the draws stay out, as before)
+    data_key = stable_hash(result_settings(cfg.data), cfg.experiment.fractions,
+                           [content_key(r, cfg.data.preprocess, cfg.data.label_map) for r in refs
+                            if r.patient_id not in tested])
     if cfg.evaluate.sealed:  # a sealed test set is not preprocessed (its masks are never opened) until --unseal
         refs, test_refs = [r for r in refs if r.patient_id not in set(split.test)], []
     cases = prepare_cases(refs + test_refs, cfg.data.preprocess, stage_dir / "cache", label_map=cfg.data.label_map,
@@ -270,11 +296,20 @@ def prepare(run: Run) -> dict[str, Any]:
             extra[test_set.name] = len(run.extra_cases(test_set))
             log.info(f"extra test set {test_set.name!r}: {extra[test_set.name]} cases from {run.extra_root(test_set)}")
     return {"n_cases": len(cases), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-            "extra_test_sets": extra}
+            "extra_test_sets": extra, "data_key": data_key}
+
+
+def content_key(ref: CaseRef, preprocess: Any, label_map: dict[int, int] | None) -> tuple[str, str]:
+    """(case id, hash of its files' bytes and the preprocessing settings): the case store's own key."""
+    from data.cache import cache_key
+
+    return ref.case_id, cache_key(ref, preprocess, label_map)
 
 
 def prepare_key(run: Run) -> str:
-    """Config of the data section + the input files (path, size, mtime): cheap to compute before running."""
+    """Whether prepare must run again: config of the data section + the input files (path, size, mtime), cheap
+    to compute before running and without reading a file. The units downstream are keyed on the content instead
+    (`Run.data_key`), so a new mtime costs only this stage."""
     from data.layouts import list_cases
 
     files = []
@@ -287,7 +322,7 @@ def prepare_key(run: Run) -> str:
                 if path is not None:
                     stat = Path(path).stat()
                     files.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return stable_hash(result_settings(cfg), run.cfg.experiment.fractions, files)
+    return stable_hash(result_settings(cfg), run.cfg.experiment.fractions, files, "content-keyed units")
 
 
 def train_generator(run: Run) -> dict[str, Any]:
@@ -318,7 +353,7 @@ def plan_generators(run: Run) -> list[Unit]:
                 return with_artifact(made, dict(figures or {}, slices=int(len(masks))))
 
             unit = f"{subset_dir(fraction, draw)}/{name}"
-            key = stable_hash(run.keys["data"], patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
+            key = stable_hash(run.data_key, patients, name, result_settings(gen_cfg), run.cfg.synthesis.seed)
             get_logger().info(f"train_generator {unit}: {len(cases)} cases, {sum(len(c.mask) for c in cases)} slices")
             units.append(Unit(unit, run.stage_dir("train_generator") / unit, key, compute, shared=True, ddp=learned))
     return units
@@ -403,7 +438,7 @@ def plan_segmenters(run: Run) -> tuple[list[Unit], set[str]]:
         if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
             settings = {k: v for k, v in settings.items() if k not in real_arm_ignores}
         judge = seg.judge(run.cfg.segmentation)
-        return stable_hash(run.keys["data"], run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
+        return stable_hash(run.data_key, run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
                            seg.identity(), settings, synthetic_key(synth, seg), *([key(judge)] if judge else []))
 
     units, judged = [], set()
@@ -475,8 +510,8 @@ def evaluate(run: Run) -> dict[str, Any]:
             return {"rows": int(sum(len(c) for c, _ in test_sets.values()))}
 
         key = stable_hash(trained[seg.name]["key"], scored_patients, result_settings(run.cfg.data.extra_test_sets),
-                          run.keys["data"]) if run.test_open else \
-            stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.keys["data"])
+                          run.data_key, run.test_key) if run.test_open else \
+            stable_hash(trained[seg.name]["key"], run.split["val"], "sealed", run.data_key)
         units.append(Unit(seg.name, units_dir / seg.name, key, compute))
     execute(run, units)
     frames = {name: [with_share(with_draw(read_table(unit.folder / name), seg.draw), seg.share(run.cfg.segmentation))
@@ -648,10 +683,10 @@ UPSTREAM = {"prepare": (), "train_generator": ("prepare",), "synthesize": ("trai
 
 def stage_key(run: Run, stage: str) -> str:
     if stage == "prepare":  # the draws are drawn by prepare but enter no unit key (each unit holds its patients)
-        run.keys["data"] = prepare_key(run)
+        files = prepare_key(run)
         draws, folds = run.cfg.experiment.draws, run.cfg.experiment.outer_folds
-        return run.keys["data"] if draws == folds == 1 else stable_hash(
-            run.keys["data"], {"draws": draws, **({"outer_folds": folds} if folds > 1 else {})})
+        return files if draws == folds == 1 else stable_hash(
+            files, {"draws": draws, **({"outer_folds": folds} if folds > 1 else {})})
     return stable_hash(stage, stage_config(run, stage), upstream_keys(run, stage))
 
 

@@ -473,8 +473,9 @@ def grid_selection(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def write_grid(model: LearnedGenerator, masks: np.ndarray, images: np.ndarray, path: Path, step: int) -> None:
     rows = {"real": images}
-    for s in range(model.config.grid_styles):  # background: real paints into the slices shown above
-        rows[f"seed {s}"] = model.render(masks, seed=s, context=images if model.inpaints else None)
+    keep = model.config.background == "real"  # then painted into the slices shown above, as when sampling
+    for s in range(model.config.grid_styles):
+        rows[f"seed {s}"] = model.render(masks, seed=s, context=images if keep else None)
     save_sample_grid(path, masks, rows, title=f"{model.name} step {step}")
 
 

@@ -27,7 +27,8 @@ its resampling jumps). The final image is w * sample + (1 - w) * real with w ris
 `blend_px` inside it: outside R the image IS the real slice, bit for bit; a slice without heart is returned as
 its real slice. With `background: generated` the whole slice is sampled by `DiffusionInferer.sample`; the
 real-background loop is the same loop plus the replacement (with an R covering the whole slice they give the
-same images). The sample grids written during training show the generated mode (they have no context).
+same images). The sample grids written during training paint into the real slices shown in them, as sampling does.
+With `crop_px` the model trains and paints on heart-centred windows (`synthesis.train.LearnedGenerator.sample`).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -118,6 +119,34 @@ def test_runtime_settings_keep_the_cached_units(phantom_root, extra_sets, finish
     run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets, "segmentation.channels_last=true",
                              "segmentation.num_workers=1", "synthesis.spade.device=cpu", "data.preprocess_workers=2"))
     assert done_stamps(run_dir) == before  # stages re-checked, but no unit trained or evaluated again
+
+
+def test_a_dataset_provisioned_again_reruns_prepare_and_no_unit(phantom_root, tmp_path):
+    """New mtimes on the same bytes (a dataset copied or provisioned again) re-run prepare, seconds, and no unit:
+    the units are keyed on the files' content. A changed training image retrains what trained on it."""
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(root, run_dir, "experiment.fractions=[1.0]", "experiment.arms=[real]", "quality.enabled=false")
+    stages = ["prepare", "train_segmenters"]
+    run_pipeline(cfg, stages=stages)
+    units, prepared = done_stamps(run_dir), (run_dir / "prepare" / "manifest.json").stat().st_mtime_ns
+    files = [p for p in root.rglob("*") if p.is_file()]
+    later = max(p.stat().st_mtime_ns for p in files) + 10**9
+    for path in files:
+        os.utime(path, ns=(later, later))
+    run_pipeline(cfg, stages=stages)
+    assert (run_dir / "prepare" / "manifest.json").stat().st_mtime_ns != prepared  # prepare ran again ...
+    assert done_stamps(run_dir) == units  # ... and nothing else did
+    patient = json.loads((run_dir / "prepare" / "splits.json").read_text())["train"][0]
+    image_path = sorted((root / patient).glob(f"{patient}_frame[0-9][0-9].nii.gz"))[0]
+    image = nib.load(image_path)
+    voxels = np.asarray(image.dataobj).copy()
+    voxels.flat[voxels.size // 2] += 1
+    nib.save(nib.Nifti1Image(voxels, image.affine, image.header), image_path)
+    run_pipeline(cfg, stages=stages)
+    changed = [name for name, stamp in done_stamps(run_dir).items() if units.get(name) != stamp]
+    assert any(name.startswith("train_segmenters/") for name in changed)
 
 
 def test_a_unit_reset_after_its_stage_finished_is_redone_not_read(phantom_root, extra_sets, finished, tmp_path):
