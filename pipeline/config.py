@@ -24,6 +24,7 @@ from data.settings import RUNTIME, role
 from pipeline.errors import ConfigError
 from segmentation.config import AUGMENTATIONS, SegmentationConfig
 from segmentation.datasets import ARMS
+from segmentation.statistics import condition_label
 from synthesis.base import REGISTRY
 from synthesis.config import QualityConfig
 from synthesis.generators import SynthesisConfig
@@ -60,6 +61,15 @@ class ExperimentConfig:
         "choices": list(AUGMENTATIONS),
         "help": "segmenter augmentation settings compared side by side: every arm x generator x seed is trained "
                 "once per entry (e.g. [standard, strong]); empty = segmentation.augmentation alone"})
+    conditions: list[str] = field(default_factory=list, metadata={
+        "help": "run only these conditions of augmentations x arms x generators, named as the report names them: "
+                "'real', 'real [strong]', 'real+synthetic (gmm) [strong]', ...; each synthetic one needs the real arm "
+                "of its augmentation (its reference). Empty = every condition"})
+    segmentation_by_generator: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "segmentation settings of one generator's (or mixture's) segmenters where they differ from the "
+                "segmentation section, e.g. {gmm: {synthetic_ratio: 0.2, synthetic_filter: 0.25}}; only settings "
+                "the real arm never reads (synthetic_ratio, synthetic_schedule, synthetic_filter). A segmenter "
+                "keeps the key it has with the same values set in the segmentation section"})
     synthetic_ratios: list[float] = field(default_factory=list, metadata={
         "min": 0.0, "max": 1.0,
         "help": "synthetic shares tried for every real+synthetic arm, each a segmenter of its own (e.g. [0.2, "
@@ -323,6 +333,58 @@ def _check_window(source: str, name: str, window: int, factor: int, crop: int, b
                                   f"downsampling depth, see synthesis.{name})")
 
 
+def conditions(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
+    """(arm, generator, augmentation) of every condition the experiment runs ('' generator for the real arm):
+    augmentations x arms x generators (and mixtures), less those experiment.conditions leaves out."""
+    exp = cfg.experiment
+    every = [(arm, generator, augmentation) for augmentation in exp.augmentations or [cfg.segmentation.augmentation]
+             for arm in exp.arms for generator in ([""] if arm == "real" else exp.generators + exp.mixtures)]
+    kept = set(exp.conditions)
+    return [c for c in every if not kept or condition_label(*c) in kept]
+
+
+def _check_conditions(cfg: PipelineConfig, source: str) -> None:
+    exp = cfg.experiment
+    every = [condition_label(*c) for c in conditions(dataclasses.replace(cfg, experiment=dataclasses.replace(
+        exp, conditions=[])))]
+    for i, label in enumerate(exp.conditions):
+        if label not in every:
+            raise _error(source, f"experiment.conditions[{i}]", f"experiment.conditions[{i}] = {label!r} is not a "
+                                                                 f"condition of this experiment; choose from {every}")
+    for arm, generator, augmentation in conditions(cfg):
+        reference = condition_label("real", "", augmentation)
+        if arm != "real" and exp.conditions and reference not in exp.conditions:
+            raise _error(source, ("experiment.conditions", "experiment.arms"),
+                         f"experiment.conditions runs {condition_label(arm, generator, augmentation)!r} without "
+                         f"{reference!r}, the real arm it is compared with; add it")
+
+
+def _check_by_generator(cfg: PipelineConfig, source: str) -> None:
+    """experiment.segmentation_by_generator: known generators, settings only synthetic arms read, valid values."""
+    from data.settings import synthetic_only
+
+    exp, allowed = cfg.experiment, sorted(synthetic_only(SegmentationConfig))
+    for name, settings in exp.segmentation_by_generator.items():
+        key = f"experiment.segmentation_by_generator.{name}"
+        if name not in exp.generators + exp.mixtures:
+            raise _error(source, (key, "experiment.generators"),
+                         f"{key}: {name!r} is not in experiment.generators {exp.generators} or experiment.mixtures "
+                         f"{exp.mixtures}")
+        unknown = sorted(set(settings) - set(allowed))
+        if unknown:
+            raise _error(source, f"{key}.{unknown[0]}", f"{key}.{unknown[0]}: only settings that the real arm never "
+                                                         f"reads can differ per generator: {allowed}")
+        from_mapping(SegmentationConfig, {**to_dict(cfg.segmentation), **settings}, prefix=f"{key}.", source=source)
+        if "synthetic_ratio" in settings and exp.synthetic_ratios:
+            raise _error(source, (f"{key}.synthetic_ratio", "experiment.synthetic_ratios"),
+                         f"{key}.synthetic_ratio fixes the share that experiment.synthetic_ratios "
+                         f"{exp.synthetic_ratios} sweeps; set one of them")
+        if settings.get("synthetic_filter") and "real" not in exp.arms:
+            raise _error(source, (f"{key}.synthetic_filter", "experiment.arms"),
+                         f"{key}.synthetic_filter drops the synthetic slices the real arm's segmenter segments worst, "
+                         f"but experiment.arms {exp.arms} does not run the real arm")
+
+
 def _error(source: str, keys: str | tuple[str, ...], message: str) -> ConfigError:
     """A ConfigError about `keys` (the first is the one to blame), from `source` unless a --set gave it."""
     return ConfigError(message, source=source, keys=(keys,) if isinstance(keys, str) else keys)
@@ -366,6 +428,8 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
         raise _error(source, ("experiment.select_on", "experiment.synthetic_ratios", "segmentation.synthetic_ratio"),
                      f"experiment.select_on = none keeps segmentation.synthetic_ratio = {seg.synthetic_ratio:g}, "
                      f"which experiment.synthetic_ratios {exp.synthetic_ratios} does not try; add it there")
+    _check_conditions(cfg, source)
+    _check_by_generator(cfg, source)
     if seg.synthetic_filter and "real" not in exp.arms:
         raise _error(source, ("segmentation.synthetic_filter", "experiment.arms"),
                      f"segmentation.synthetic_filter = {seg.synthetic_filter:g} drops the synthetic slices the real "

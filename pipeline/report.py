@@ -357,6 +357,11 @@ def synthetic_use(cfg: PipelineConfig) -> str:
     parts.append(f"the {seg.synthetic_filter:.0%} of the synthetic slices that the real arm's segmenter agrees least "
                  f"with were dropped (segmentation.synthetic_filter; each segmenter's synthetic_filter.csv)"
                  if seg.synthetic_filter else "every synthetic slice kept (segmentation.synthetic_filter 0)")
+    own = cfg.experiment.segmentation_by_generator
+    if own:
+        parts.append("except where a generator has its own (experiment.segmentation_by_generator): " + ", ".join(
+            f"{name} " + " and ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
+            for name, s in own.items()))
     return "Real+synthetic arms: " + "; ".join(parts) + "."
 
 

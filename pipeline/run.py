@@ -23,7 +23,7 @@ from data.settings import result_settings, synthetic_only
 from data.types import CaseRef, PreparedCase
 from pipeline.cache import (MANIFEST, UNSEALED, StageRecord, invalidate_stage, read_json, stable_hash, stage_current,
                             unsealings, write_stage_manifest)
-from pipeline.config import PipelineConfig, to_dict
+from pipeline.config import PipelineConfig, conditions, to_dict
 from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
 from pipeline.report import write_report
@@ -52,6 +52,8 @@ class Segmenter:
     draw: int = 0  # which draw of the fraction's training patients (experiment.draws)
     # A synthetic share of experiment.synthetic_ratios other than segmentation.synthetic_ratio; None: that one
     synthetic_ratio: float | None = None
+    # This generator's own segmentation settings (experiment.segmentation_by_generator); in the key through them
+    by_generator: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -66,12 +68,12 @@ class Segmenter:
         draw 0 keeps the keys of a run from before draws existed; the synthetic share only where it is swept
         (it is in the settings of the key anyway)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k != "draw" and not (k == "synthetic_ratio" and v is None)}
+                if k not in ("draw", "by_generator") and not (k == "synthetic_ratio" and v is None)}
 
     def config(self, cfg: SegmentationConfig) -> SegmentationConfig:
         """The segmentation settings this segmenter trains with."""
         share = {} if self.synthetic_ratio is None else {"synthetic_ratio": self.synthetic_ratio}
-        return dataclasses.replace(cfg, augmentation=self.augmentation, **share)
+        return dataclasses.replace(cfg, augmentation=self.augmentation, **self.by_generator, **share)
 
     def judge(self, cfg: SegmentationConfig) -> Segmenter | None:
         """The real-arm segmenter of the same patients, seed and augmentation that filters this one's synthetic
@@ -213,20 +215,20 @@ class Run:
                 for draw in range(len(draws[fraction_key(fraction)]["patients"]) if draws else 1)]
 
     @property
-    def augmentations(self) -> list[str]:
-        """The augmentation settings of the sweep (experiment.augmentations, else segmentation.augmentation)."""
-        return self.cfg.experiment.augmentations or [self.cfg.segmentation.augmentation]
+    def real_augmentations(self) -> list[str]:
+        """The augmentation settings the real arm is trained with (experiment.augmentations, else
+        segmentation.augmentation, less what experiment.conditions leaves out)."""
+        return [augmentation for arm, _, augmentation in conditions(self.cfg) if arm == "real"]
 
     def segmenters(self) -> list[Segmenter]:
         exp = self.cfg.experiment
         runs = []
         for fraction, draw in self.subsets():
-            for augmentation in self.augmentations:
-                for arm in exp.arms:
-                    for generator in ([""] if arm == "real" else exp.generators + exp.mixtures):
-                        for share in self.swept_shares() if arm == "real+synthetic" else [None]:
-                            runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw, share)
-                                        for seed in exp.seeds)
+            for arm, generator, augmentation in conditions(self.cfg):
+                own = exp.segmentation_by_generator.get(generator, {}) if arm != "real" else {}
+                for share in self.swept_shares() if arm == "real+synthetic" else [None]:
+                    runs.extend(Segmenter(fraction, arm, generator, seed, augmentation, draw, share, dict(own))
+                                for seed in exp.seeds)
         return runs
 
     def swept_shares(self) -> list[float | None]:
@@ -603,7 +605,7 @@ def quality(run: Run) -> dict[str, Any]:
     val_cases = run.patient_cases(run.split["val"])
     planned = []
     for fraction, draw in run.subsets():
-        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.augmentations[0], draw)
+        judge = Segmenter(fraction, "real", "", run.cfg.experiment.seeds[0], run.real_augmentations[0], draw)
         folder = subset_dir(fraction, draw)
         units = {name: f"{folder}/{name}" for name in run.cfg.experiment.generators}
 

@@ -170,7 +170,7 @@ def test_cases_beyond_the_open_file_limit_are_read_into_memory(refs, in_memory, 
 
 
 def test_preprocess_workers_is_a_runtime_setting(tmp_path):
-    """More workers keep every key: the run's data key is the one computed before the setting existed."""
+    """More workers keep every key: the key of the prepare stage leaves the setting out."""
     from types import SimpleNamespace
 
     from pipeline.cache import stable_hash
@@ -183,7 +183,7 @@ def test_preprocess_workers_is_a_runtime_setting(tmp_path):
         cfg.data.preprocess_workers = workers
         keys.add(prepare_key(SimpleNamespace(cfg=cfg)))
     without = {k: v for k, v in to_dict(cfg.data).items() if k != "preprocess_workers"}
-    assert keys == {stable_hash(without, cfg.experiment.fractions, [])}
+    assert keys == {stable_hash(without, cfg.experiment.fractions, [], "content-keyed units")}
 
 
 def test_evaluation_of_store_cases_equals_that_of_in_memory_cases(refs, in_memory, tmp_path):
