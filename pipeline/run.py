@@ -133,10 +133,10 @@ class Run:
         whose test set is open (only then may their masks be read)."""
         if not self.test_open:
             raise RuntimeError("the test set is sealed: its files are not read, not even to hash them")
+        from data.layouts import list_cases
+
         refs = [(r, self.cfg.data.label_map) for r in self._refs(self.split["test"], test=True)]
         for test_set in self.cfg.data.extra_test_sets:
-            from data.layouts import list_cases
-
             refs += [(r, test_set.label_map) for r in list_cases(self.extra_root(test_set), test_set.layout)]
         return stable_hash([content_key(r, self.cfg.data.preprocess, m) for r, m in refs])
 
