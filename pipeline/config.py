@@ -333,20 +333,23 @@ def _check_window(source: str, name: str, window: int, factor: int, crop: int, b
                                   f"downsampling depth, see synthesis.{name})")
 
 
-def conditions(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
-    """(arm, generator, augmentation) of every condition the experiment runs ('' generator for the real arm):
-    augmentations x arms x generators (and mixtures), less those experiment.conditions leaves out."""
+def every_condition(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
+    """(arm, generator, augmentation) of augmentations x arms x generators (and mixtures); '' generator for the
+    real arm."""
     exp = cfg.experiment
-    every = [(arm, generator, augmentation) for augmentation in exp.augmentations or [cfg.segmentation.augmentation]
-             for arm in exp.arms for generator in ([""] if arm == "real" else exp.generators + exp.mixtures)]
-    kept = set(exp.conditions)
-    return [c for c in every if not kept or condition_label(*c) in kept]
+    return [(arm, generator, augmentation) for augmentation in exp.augmentations or [cfg.segmentation.augmentation]
+            for arm in exp.arms for generator in ([""] if arm == "real" else exp.generators + exp.mixtures)]
+
+
+def conditions(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
+    """The conditions the experiment runs: `every_condition`, less those experiment.conditions leaves out."""
+    kept = set(cfg.experiment.conditions)
+    return [c for c in every_condition(cfg) if not kept or condition_label(*c) in kept]
 
 
 def _check_conditions(cfg: PipelineConfig, source: str) -> None:
     exp = cfg.experiment
-    every = [condition_label(*c) for c in conditions(dataclasses.replace(cfg, experiment=dataclasses.replace(
-        exp, conditions=[])))]
+    every = [condition_label(*c) for c in every_condition(cfg)]
     for i, label in enumerate(exp.conditions):
         if label not in every:
             raise _error(source, f"experiment.conditions[{i}]", f"experiment.conditions[{i}] = {label!r} is not a "
@@ -379,10 +382,6 @@ def _check_by_generator(cfg: PipelineConfig, source: str) -> None:
             raise _error(source, (f"{key}.synthetic_ratio", "experiment.synthetic_ratios"),
                          f"{key}.synthetic_ratio fixes the share that experiment.synthetic_ratios "
                          f"{exp.synthetic_ratios} sweeps; set one of them")
-        if settings.get("synthetic_filter") and "real" not in exp.arms:
-            raise _error(source, (f"{key}.synthetic_filter", "experiment.arms"),
-                         f"{key}.synthetic_filter drops the synthetic slices the real arm's segmenter segments worst, "
-                         f"but experiment.arms {exp.arms} does not run the real arm")
 
 
 def _error(source: str, keys: str | tuple[str, ...], message: str) -> ConfigError:
@@ -430,11 +429,14 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
                      f"which experiment.synthetic_ratios {exp.synthetic_ratios} does not try; add it there")
     _check_conditions(cfg, source)
     _check_by_generator(cfg, source)
-    if seg.synthetic_filter and "real" not in exp.arms:
-        raise _error(source, ("segmentation.synthetic_filter", "experiment.arms"),
-                     f"segmentation.synthetic_filter = {seg.synthetic_filter:g} drops the synthetic slices the real "
-                     f"arm's segmenter segments worst, but experiment.arms {exp.arms} does not run the real arm; "
-                     f"add it or set segmentation.synthetic_filter to 0")
+    filters = [("segmentation.synthetic_filter", seg.synthetic_filter)] + [
+        (f"experiment.segmentation_by_generator.{name}.synthetic_filter", own["synthetic_filter"])
+        for name, own in exp.segmentation_by_generator.items() if "synthetic_filter" in own]
+    for key, value in filters:
+        if value and "real" not in exp.arms:
+            raise _error(source, (key, "experiment.arms"),
+                         f"{key} = {value:g} drops the synthetic slices the real arm's segmenter segments worst, but "
+                         f"experiment.arms {exp.arms} does not run the real arm; add it or set {key} to 0")
     needs_generators = any(arm != "real" for arm in cfg.experiment.arms)
     if needs_generators and not cfg.experiment.generators:
         raise _error(source, ("experiment.generators", "experiment.arms"),
@@ -450,10 +452,10 @@ def check_consistency(cfg: PipelineConfig, source: str) -> None:
                          f"experiment.mixtures[{i}] = {mixture!r}: expected two or more different generators "
                          f"joined by '+', each listed in experiment.generators {cfg.experiment.generators}")
     for name in cfg.experiment.generators:
-        factor = cfg.synthesis.size_divisor(name)
-        window = getattr(cfg.synthesis.generator_config(name), "crop_px", 0)
+        factor, gen = cfg.synthesis.size_divisor(name), cfg.synthesis.generator_config(name)
+        window = getattr(gen, "crop_px", 0)
         if window:
-            _check_window(source, name, window, factor, crop, cfg.synthesis.generator_config(name).background)
+            _check_window(source, name, window, factor, crop, gen.background)
         elif crop % factor:
             raise _error(source, ("data.preprocess.crop_size", f"synthesis.{name}"),
                          f"data.preprocess.crop_size = {crop} must be divisible by {factor} for generator {name!r} "

@@ -138,8 +138,9 @@ def write_report(run: "Run") -> dict[str, Path]:
         sentences = [SEALED] + [f"On the validation patients: {s}" for s in sentences]
     doc.html.append("".join(f'<p class="headline">{html.escape(s)}</p>' for s in sentences))
     doc.md.extend(f"> {s}\n" for s in sentences)
-    if synthetic_use(run.cfg):
-        doc.para(synthetic_use(run.cfg))
+    use = synthetic_use(run.cfg)
+    if use:
+        doc.para(use)
     if not run.cfg.data.root:
         doc.para("These results are on the embedded phantom, generated for this run: they demonstrate the pipeline "
                  "and say nothing about whether synthetic data helps on real patients. That answer has to come from "
@@ -378,8 +379,8 @@ def headline_table(run: "Run") -> str:
         lines.append(f"{row.fraction:<9g} {label:<30} {row.dice_mean_mean:.3f} ({row.dice_mean_sd:.3f})"
                      f"{'':15}{convergence_note(row)}")
     sealed = [] if run.test_open else [SEALED]
-    use = [synthetic_use(run.cfg)] if synthetic_use(run.cfg) else []
-    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []) + use)
+    use = synthetic_use(run.cfg)
+    return "\n".join(sealed + lines + [""] + (headline(comparison) if len(comparison) else []) + ([use] if use else []))
 
 
 def convergence_note(row: Any) -> str:

@@ -63,6 +63,6 @@ def test_a_generators_own_settings_are_checked(phantom_root, tmp_path, setting, 
 
 
 def test_a_generators_own_filter_needs_the_real_arm(phantom_root, tmp_path):
-    with pytest.raises(ConfigError, match=r"segmentation_by_generator.gmm.synthetic_filter drops"):
+    with pytest.raises(ConfigError, match=r"segmentation_by_generator.gmm.synthetic_filter = 0.2 drops .*experiment.arms"):
         tiny_config(phantom_root, tmp_path, "experiment.arms=[real+synthetic]",
                     "experiment.segmentation_by_generator={gmm: {synthetic_filter: 0.2}}")
