@@ -25,7 +25,7 @@ from data.io import read_table, write_bytes, write_text  # noqa: E402
 from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import UNSEALED, read_json, unsealings  # noqa: E402
 from pipeline.config import PipelineConfig, to_dict  # noqa: E402
-from pipeline.units import (GeneratorArtifact, QualityArtifact, SyntheticSet, artifact,  # noqa: E402
+from pipeline.units import (STAGES, GeneratorArtifact, QualityArtifact, SyntheticSet, artifact,  # noqa: E402
                             subset_dir)
 from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, headline, with_conditions  # noqa: E402
 
@@ -561,7 +561,7 @@ def _boxplots(per_case: pd.DataFrame) -> plt.Figure:
 
 def _timings(run: "Run") -> pd.DataFrame:
     rows = []
-    for stage in ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality"):
+    for stage in STAGES[:-1]:  # the report's own manifest is written after it
         path = run.stage_dir(stage) / "manifest.json"
         if path.is_file():
             record = read_json(path)

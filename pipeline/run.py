@@ -1,5 +1,5 @@
-"""The experiment, stage by stage: prepare -> train_generator -> synthesize -> train_segmenters -> evaluate ->
-quality -> report.
+"""The experiment, stage by stage: prepare -> train_generator -> synthesize -> train_segmenters -> quality ->
+evaluate -> report.
 
 Only wiring lives here: which cases go where, what each unit's cache key is made of, and where outputs land.
 Every stage writes into RUN_DIR/<stage>/ and ends with a manifest.json; its units are cached and resumed by
@@ -27,17 +27,18 @@ from pipeline.config import PipelineConfig, conditions, to_dict
 from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
 from pipeline.report import write_report
-from pipeline.units import (GeneratorArtifact, QualityArtifact, SegmenterArtifact, SyntheticSet, Unit, artifact,
-                            execute, subset_dir, with_artifact)
+from pipeline.units import (STAGES, GeneratorArtifact, QualityArtifact, SegmenterArtifact, SyntheticSet, Unit,
+                            artifact, execute, subset_dir, with_artifact)
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
 from synthesis.base import REGISTRY
 
-STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "evaluate", "quality", "report")
-# the stages several processes share (launch.mode); synthesize: sampling a learned generator (the diffusion model's
-# denoising loop) costs minutes per subset, so a sweep deals its units out too
-SHARED_STAGES = ("train_generator", "synthesize", "train_segmenters")
+# the stages several processes share (launch.mode). synthesize and quality: sampling a learned generator (the
+# diffusion model's denoising loop) costs minutes per subset, so a sweep deals their units out too. quality reads
+# validation patients only, so it runs before evaluate: a sealed run's training command can include it, and
+# evaluation (MONAI's metrics gather across an open process group) still runs after the group is closed
+SHARED_STAGES = ("train_generator", "synthesize", "train_segmenters", "quality")
 
 
 @dataclass
@@ -634,8 +635,10 @@ def quality(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], result_settings(qcfg))
-        planned.append((Unit(folder, stage_dir / folder, key, compute), draw))
+        planned.append((Unit(folder, stage_dir / folder, key, compute, shared=True, ddp=False), draw))
     results = execute(run, [unit for unit, _ in planned])
+    if not run.ctx.is_main:  # a sweep's other processes did their units; rank 0 writes the table
+        return {}
     frames = []
     for unit, draw in planned:
         for name in results[unit.name].get("flagged", []):

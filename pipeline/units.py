@@ -22,6 +22,10 @@ from data.io import inside
 from pipeline.cache import DONE, read_json, run_unit, unit_done
 
 
+# the stages in the order they run; each unit of one reads only the outputs of stages before it
+STAGES = ("prepare", "train_generator", "synthesize", "train_segmenters", "quality", "evaluate", "report")
+
+
 class RunLike(Protocol):
     """What the executor and `artifact` need of a run (`pipeline.run.Run`)."""
 

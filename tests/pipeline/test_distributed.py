@@ -63,3 +63,23 @@ def test_two_processes_give_the_single_process_results(phantom_root, single, tmp
     for stage in ("train_segmenters", "evaluate", "report"):
         assert (run_dir / stage / "manifest.json").is_file()
     assert not list(run_dir.rglob("*.tmp*"))
+
+
+def quality_table(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "quality" / "quality.csv").sort_values(["fraction", "generator"]).reset_index(drop=True)
+
+
+def test_a_sweep_deals_the_quality_units_out(phantom_root, tmp_path):
+    """A quality-only study (the real arm judges the GMM) at two fractions: one quality unit per process, the
+    table equal to a single process's; quality runs before evaluation, while the processes are still open."""
+    study = ["experiment.fractions=[0.5, 1.0]", "experiment.seeds=[0]", "experiment.arms=[real]",
+             "quality.enabled=true"]
+    single_dir, sweep_dir = tmp_path / "single", tmp_path / "sweep"
+    cmr_synth_run(phantom_root, single_dir, *study)
+    cmr_synth_run(phantom_root, sweep_dir, *study, "launch.nproc_per_node=2", "launch.mode=sweep")
+    log = (sweep_dir / "run.log").read_text()
+    assert "[quality] running on 2 processes (sweep)" in log
+    assert log.index("[quality] done") < log.index("[evaluate] running")
+    ours, reference = quality_table(sweep_dir), quality_table(single_dir)
+    assert len(ours) == 4  # the real reference row and the GMM's, per fraction
+    pd.testing.assert_frame_equal(ours, reference, check_exact=False, rtol=1e-6)
