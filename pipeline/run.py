@@ -427,39 +427,20 @@ def train_segmenters(run: Run) -> dict[str, Any]:
 
 def plan_segmenters(run: Run) -> tuple[list[Unit], set[str]]:
     """(one unit per segmenter of the sweep (`Run.segmenters`), the names of those that need a judge)."""
-    from segmentation.filtering import filter_synthetic
-    from segmentation.model import load_model
     from segmentation.train import train_segmenter
 
     synth = read_json(run.stage_dir("synthesize") / MANIFEST)["results"] if any(
         s.generator for s in run.segmenters()) else {}
     val_cases = run.patient_cases(run.split["val"])
-    real_arm_ignores = synthetic_only(SegmentationConfig)
-
-    def key(seg: Segmenter) -> str:
-        settings = result_settings(seg.config(run.cfg.segmentation))
-        if seg.arm == "real":  # so that tuning the synthetic share never retrains the real-only baseline
-            settings = {k: v for k, v in settings.items() if k not in real_arm_ignores}
-        judge = seg.judge(run.cfg.segmentation)
-        return stable_hash(run.data_key, run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
-                           seg.identity(), settings, synthetic_key(synth, seg), *([key(judge)] if judge else []))
-
     units, judged = [], set()
     for seg in run.segmenters():
         real_cases = run.patient_cases(run.fraction_patients(seg.fraction, seg.draw))
         seg_cfg = seg.config(run.cfg.segmentation)
-        judge = seg.judge(run.cfg.segmentation)
 
-        def compute(unit_dir: Path, seg=seg, seg_cfg=seg_cfg, judge=judge, real_cases=real_cases) -> dict[str, Any]:
+        def compute(unit_dir: Path, seg=seg, seg_cfg=seg_cfg, real_cases=real_cases) -> dict[str, Any]:
             synthetic = synthetic_cases(run, seg.fraction, seg.generator, seg.draw) if seg.generator else None
-            if judge is not None:
-                model, _ = load_model(artifact(run, "train_segmenters", judge.name, SegmenterArtifact).best_checkpoint)
-                synthetic, marked = filter_synthetic(model, synthetic, seg_cfg.synthetic_filter,
-                                                     unit_dir / "synthetic_filter.csv")
-                dropped = marked.loc[~marked["kept"], "dice"]
-                get_logger().info(f"{seg.name}: {len(dropped)} of {len(marked)} synthetic slices dropped, those the "
-                                  f"judge {judge.name} segments worst (2D Dice <= {dropped.max():.3f})"
-                                  if len(dropped) else f"{seg.name}: no synthetic slice dropped")
+            if seg.judge(run.cfg.segmentation) is not None:
+                synthetic = judged_synthetic(run, seg, synthetic, unit_dir)
             result = train_segmenter(seg.arm, real_cases, val_cases, seg_cfg, unit_dir, synthetic_cases=synthetic,
                                      seed=seg.seed, preprocess=run.cfg.data.preprocess, dist=run.train_context())
             made = SegmenterArtifact(best_checkpoint=str(Path(result.best_checkpoint).relative_to(unit_dir)),
@@ -467,10 +448,40 @@ def plan_segmenters(run: Run) -> tuple[list[Unit], set[str]]:
             figures = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, Path)}
             return with_artifact(made, figures)  # paths only in the artifact, relative to the unit folder
 
-        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, key(seg), compute, shared=True))
-        if judge is not None:
+        units.append(Unit(seg.name, run.stage_dir("train_segmenters") / seg.name, segmenter_key(run, synth, seg),
+                          compute, shared=True))
+        if seg.judge(run.cfg.segmentation) is not None:
             judged.add(seg.name)
     return units, judged
+
+
+def segmenter_key(run: Run, synthesized: dict[str, Any], seg: Segmenter) -> str:
+    """Its training patients, validation patients, identity, result settings (the real arm's without the
+    synthetic-only ones: tuning the synthetic share never retrains the baseline), synthetic data and judge."""
+    settings = result_settings(seg.config(run.cfg.segmentation))
+    if seg.arm == "real":
+        settings = {k: v for k, v in settings.items() if k not in synthetic_only(SegmentationConfig)}
+    judge = seg.judge(run.cfg.segmentation)
+    return stable_hash(run.data_key, run.fraction_patients(seg.fraction, seg.draw), run.split["val"],
+                       seg.identity(), settings, synthetic_key(synthesized, seg),
+                       *([segmenter_key(run, synthesized, judge)] if judge else []))
+
+
+def judged_synthetic(run: Run, seg: Segmenter, synthetic: list[PreparedCase], unit_dir: Path) -> list[PreparedCase]:
+    """The synthetic slices `seg`'s judge (a real-arm segmenter trained before it) segments well enough
+    (`segmentation.synthetic_filter`); the judge's score of every slice in unit_dir/synthetic_filter.csv."""
+    from segmentation.filtering import filter_synthetic
+    from segmentation.model import load_model
+
+    judge = seg.judge(run.cfg.segmentation)
+    model, _ = load_model(artifact(run, "train_segmenters", judge.name, SegmenterArtifact).best_checkpoint)
+    kept, marked = filter_synthetic(model, synthetic, seg.config(run.cfg.segmentation).synthetic_filter,
+                                    unit_dir / "synthetic_filter.csv")
+    dropped = marked.loc[~marked["kept"], "dice"]
+    get_logger().info(f"{seg.name}: {len(dropped)} of {len(marked)} synthetic slices dropped, those the judge "
+                      f"{judge.name} segments worst (2D Dice <= {dropped.max():.3f})"
+                      if len(dropped) else f"{seg.name}: no synthetic slice dropped")
+    return kept
 
 
 def evaluate(run: Run) -> dict[str, Any]:
