@@ -26,7 +26,7 @@ from data.types import STRUCTURES  # noqa: E402
 from pipeline.cache import UNSEALED, read_json, unsealings  # noqa: E402
 from pipeline.config import PipelineConfig, to_dict  # noqa: E402
 from pipeline.units import (STAGES, GeneratorArtifact, QualityArtifact, SyntheticSet, artifact,  # noqa: E402
-                            subset_dir)
+                            quality_unit, subset_dir)
 from segmentation.statistics import CONDITION, bootstrap_ci, condition_label, headline, with_conditions  # noqa: E402
 
 
@@ -288,7 +288,7 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
         doc.para(f"Fraction {fraction:g} of the real training patients:")
         doc.table(shown)
     fraction = min(table["fraction"])
-    made = artifact(run, "quality", subset_dir(fraction), QualityArtifact)
+    made = artifact(run, "quality", quality_unit(fraction), QualityArtifact)
     for name in run.cfg.experiment.generators:
         for kind, caption in (("styles", "one held-out mask per column, one style seed per row"),
                               ("pairs", "closest synthetic slices (top) and their nearest real training slices")):

@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError
 from pipeline.logs import get_logger
 from pipeline.report import write_report
 from pipeline.units import (STAGES, GeneratorArtifact, QualityArtifact, SegmenterArtifact, SyntheticSet, Unit,
-                            artifact, execute, subset_dir, with_artifact)
+                            artifact, execute, quality_unit, subset_dir, with_artifact)
 from segmentation.config import SegmentationConfig
 from segmentation.runtime import DistributedContext
 from segmentation.statistics import with_conditions
@@ -646,7 +646,8 @@ def quality(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], result_settings(qcfg))
-        planned.append((Unit(folder, stage_dir / folder, key, compute, shared=True, ddp=False), draw))
+        name = quality_unit(fraction, draw)
+        planned.append((Unit(name, stage_dir / name, key, compute, shared=True, ddp=False), draw))
     results = execute(run, [unit for unit, _ in planned])
     if not run.ctx.is_main:  # a sweep's other processes did their units; rank 0 writes the table
         return {}

@@ -56,6 +56,9 @@ def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
     names = [u.name for u in units]
     if len(set(names)) != len(names):
         raise ValueError(f"units planned twice: {sorted({n for n in names if names.count(n) > 1})}")
+    nested = sorted(n for n in names if set(map(str, Path(n).parents)) & set(names))
+    if nested:  # resetting the outer unit would delete them, under another process in a sweep
+        raise ValueError(f"units planned inside other units' folders: {nested}")
     ctx = run.ctx
     results: dict[str, dict[str, Any]] = {}
     if ctx.is_distributed and run.mode == "sweep":
@@ -78,6 +81,12 @@ def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
             result = ctx.main_then_broadcast(lambda unit=unit: run_unit(unit.folder, unit.key, unit.compute))
         results[unit.name] = {"key": unit.key, **result}
     return results
+
+
+def quality_unit(fraction: float, draw: int = 0) -> str:
+    """The quality stage's unit of one training subset: a folder below the subset's, since draw 0's subset
+    folder holds the other draws' (`f0.1/d2`) and a unit's folder must not hold another unit."""
+    return f"{subset_dir(fraction, draw)}/generators"
 
 
 def subset_dir(fraction: float, draw: int = 0) -> str:

@@ -66,13 +66,15 @@ def test_two_processes_give_the_single_process_results(phantom_root, single, tmp
 
 
 def quality_table(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "quality" / "quality.csv").sort_values(["fraction", "generator"]).reset_index(drop=True)
+    return pd.read_csv(run_dir / "quality" / "quality.csv").sort_values(["draw", "generator"]).reset_index(drop=True)
 
 
 def test_a_sweep_deals_the_quality_units_out(phantom_root, tmp_path):
-    """A quality-only study (the real arm judges the GMM) at two fractions: one quality unit per process, the
-    table equal to a single process's; quality runs before evaluation, while the processes are still open."""
-    study = ["experiment.fractions=[0.5, 1.0]", "experiment.seeds=[0]", "experiment.arms=[real]",
+    """A quality-only study (the real arm judges the GMM) on two draws of patients: one quality unit per process
+    (draw 0's subset folder holds draw 1's: their units must not nest, or resetting one deletes the other under
+    the other process), the table equal to a single process's; quality runs before evaluation, while the
+    processes are still open."""
+    study = ["experiment.fractions=[0.5]", "experiment.draws=2", "experiment.seeds=[0]", "experiment.arms=[real]",
              "quality.enabled=true"]
     single_dir, sweep_dir = tmp_path / "single", tmp_path / "sweep"
     cmr_synth_run(phantom_root, single_dir, *study)
@@ -81,5 +83,5 @@ def test_a_sweep_deals_the_quality_units_out(phantom_root, tmp_path):
     assert "[quality] running on 2 processes (sweep)" in log
     assert log.index("[quality] done") < log.index("[evaluate] running")
     ours, reference = quality_table(sweep_dir), quality_table(single_dir)
-    assert len(ours) == 4  # the real reference row and the GMM's, per fraction
+    assert len(ours) == 4  # the real reference row and the GMM's, per draw
     pd.testing.assert_frame_equal(ours, reference, check_exact=False, rtol=1e-6)

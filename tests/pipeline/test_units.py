@@ -69,6 +69,13 @@ def test_a_unit_planned_twice_is_refused(tmp_path):
         execute(FakeRun(FakeContext(world_size=1), "ddp", tmp_path), twice)
 
 
+def test_a_unit_inside_another_units_folder_is_refused(tmp_path):
+    """Resetting the outer unit would delete the inner one (under another process, in a sweep)."""
+    outer, inner = (Unit(name, tmp_path / name, "k", lambda d: {}) for name in ("f0.5", "f0.5/d1"))
+    with pytest.raises(ValueError, match=r"inside other units' folders: \['f0.5/d1'\]"):
+        execute(FakeRun(FakeContext(world_size=1), "ddp", tmp_path), [outer, inner])
+
+
 def test_artifacts_are_read_from_the_unit_record_and_never_lead_out_of_their_unit(tmp_path):
     stage = tmp_path / "train_segmenters"
     results = {"a/seed0": with_artifact(SegmenterArtifact(best_checkpoint="ckpt/best_7.pt")),
