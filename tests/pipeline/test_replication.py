@@ -44,7 +44,7 @@ def test_draw_zero_keeps_its_names_and_cache_and_later_draws_get_their_own_units
     assert {k: after[k] for k in before} == before  # every unit of the one-draw run is reused as it was
     new = sorted(set(after) - set(before))
     assert "train_segmenters/f0.5/d1/real/seed0/done.json" in new
-    assert "train_generator/f0.5/d1/gmm/done.json" in new and "quality/f0.5/d1/done.json" in new
+    assert "train_generator/f0.5/d1/gmm/done.json" in new and "quality/f0.5/d1/generators/done.json" in new
     assert not any("/f1/d" in k for k in new)  # fraction 1.0 is every training patient: one draw
     one = json.loads((finished / "train_segmenters" / "manifest.json").read_text())["results"]
     two = json.loads((run_dir / "train_segmenters" / "manifest.json").read_text())["results"]

@@ -78,7 +78,7 @@ def test_quality_stage_scores_each_generator_next_to_the_real_reference(finished
     real = quality[quality.generator == "real"]
     assert (real["consistency_gap"] == 0).all() and not real["memorisation_flagged"].any()
     assert (quality["fd"] >= 0).all() and quality["judge"].str.contains("/real/seed0").all()
-    assert (finished / "quality" / "f0.5" / "pairs_gmm.png").stat().st_size > 1000
+    assert (finished / "quality" / "f0.5" / "generators" / "pairs_gmm.png").stat().st_size > 1000
 
 
 def test_rerun_skips_everything(phantom_root, extra_sets, finished):
