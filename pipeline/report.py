@@ -288,13 +288,22 @@ def _quality_section(doc: _Doc, run: "Run") -> None:
         doc.para(f"Fraction {fraction:g} of the real training patients:")
         doc.table(shown)
     fraction = min(table["fraction"])
-    made = artifact(run, "quality", quality_unit(fraction), QualityArtifact)
+    made = _quality_figures(run, fraction)
     for name in run.cfg.experiment.generators:
         for kind, caption in (("styles", "one held-out mask per column, one style seed per row"),
                               ("pairs", "closest synthetic slices (top) and their nearest real training slices")):
             path = made.figure(kind, name)
             if path.is_file():
                 doc.image(path, f"quality_{kind}_{name}", f"{name} (fraction {fraction:g}): {caption}.")
+
+
+def _quality_figures(run: "Run", fraction: float) -> QualityArtifact:
+    """Draw 0's quality unit at `fraction`; a run directory whose quality stage ran before the units moved below
+    `<subset>/generators` (2026-12-06) still has it in the subset folder, and its report is rebuilt from there."""
+    try:
+        return artifact(run, "quality", quality_unit(fraction), QualityArtifact)
+    except KeyError:
+        return artifact(run, "quality", subset_dir(fraction), QualityArtifact)
 
 
 SEALED = ("TEST SET SEALED (evaluate.sealed): no test patient was read; every number in this report is on the "

@@ -210,6 +210,21 @@ def test_report_has_every_section_and_the_summary_numbers(finished):
             assert f"{value:.3f}" in md
 
 
+def test_a_report_rebuilt_in_an_older_run_directory_finds_its_quality_figures(phantom_root, extra_sets, finished,
+                                                                            tmp_path):
+    """Quality units once lived in the subset folder itself (quality/f0.5/): such a run directory's quality
+    stage stays current, and its report, rebuilt, still shows the figures."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    unit = run_dir / "quality" / "f0.5"
+    for path in (unit / "generators").iterdir():
+        path.rename(unit / path.name)
+    (unit / "generators").rmdir()
+    run = run_pipeline(tiny_config(phantom_root, run_dir, *extra_sets), force=("report",))
+    assert set(run.timings) == {"report"}  # nothing else ran again
+    assert "gmm (fraction 0.5): one held-out mask per column" in (run_dir / "report" / "report.md").read_text()
+
+
 def test_real_only_sweep_skips_the_synthesis_stages(phantom_root, tmp_path):
     from pipeline.run import needed_stages
 
