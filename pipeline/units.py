@@ -56,8 +56,9 @@ def execute(run: RunLike, units: list[Unit]) -> dict[str, dict[str, Any]]:
     names = [u.name for u in units]
     if len(set(names)) != len(names):
         raise ValueError(f"units planned twice: {sorted({n for n in names if names.count(n) > 1})}")
-    nested = sorted(n for n in names if set(map(str, Path(n).parents)) & set(names))
-    if nested:  # resetting the outer unit would delete them, under another process in a sweep
+    folders = {Path(u.folder) for u in units}
+    nested = sorted(u.name for u in units if set(Path(u.folder).parents) & folders)
+    if nested:  # resetting the outer unit's folder would delete them, under another process in a sweep
         raise ValueError(f"units planned inside other units' folders: {nested}")
     ctx = run.ctx
     results: dict[str, dict[str, Any]] = {}
