@@ -73,6 +73,21 @@ def test_each_comparison_of_a_sentence_is_judged_on_its_own_segmenters():
     assert "beyond augmentation: NO CONCLUSION, segmenters had not converged" in sentence
 
 
+def test_an_unreadable_comparison_with_real_still_states_the_one_beyond_augmentation():
+    """The synthetic arm has not converged: both clauses say NO CONCLUSION, each with its own measured figure."""
+    frame = _per_case(0.05).assign(augmentation="standard", converged=True, best_val_dice=0.7)
+    strong = frame[frame["arm"] == "real"].assign(augmentation="strong", best_val_dice=0.9)
+    strong["dice_mean"] += 0.02  # the best augmentation-only arm: the synthetic arm is +3 points beyond it
+    frame.loc[frame["arm"] != "real", "converged"] = False
+    comparison = compare_to_real(pd.concat([frame, strong], ignore_index=True))
+    sentence = [s for s in headline(comparison) if "spade" in s][0]
+    beyond = comparison[comparison["reference_kind"] == "best augmentation-only"].iloc[0]
+    assert beyond["reference"] == "real [strong]"
+    assert sentence.count("NO CONCLUSION") == 2 and "changes mean Dice" not in sentence
+    assert "Beyond augmentation: NO CONCLUSION, segmenters had not converged" in sentence
+    assert f"; measured {100 * beyond['diff_mean']:+.1f} points vs real [strong] (chosen on validation Dice)" in sentence
+
+
 # ------------------------------------------------------------------ issue 14: draws of training patients
 def _drawn(effects: dict[int, float], seeds=(0, 1), n_patients: int = 5) -> pd.DataFrame:
     """One _per_case table per draw (its own effect), stacked with a `draw` column."""
