@@ -646,8 +646,8 @@ def quality(run: Run) -> dict[str, Any]:
 
         key = stable_hash(trained[judge.name]["key"], [generated[u]["key"] for u in units.values()],
                           run.split["val"], result_settings(qcfg))
-        name = quality_unit(fraction, draw)
-        planned.append((Unit(name, stage_dir / name, key, compute, shared=True, ddp=False), draw))
+        unit_name = quality_unit(fraction, draw)
+        planned.append((Unit(unit_name, stage_dir / unit_name, key, compute, shared=True, ddp=False), draw))
     results = execute(run, [unit for unit, _ in planned])
     if not run.ctx.is_main:  # a sweep's other processes did their units; rank 0 writes the table
         return {}
