@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = ("acdc_lowdata_5draws", "acdc_filter", "acdc_learned", "acdc_diffusion")
+RUNS = ("acdc_lowdata_5draws", "acdc_filter", "acdc_learned", "acdc_diffusion", "acdc_diffusion_3k")
 # each synthetic arm's generator label in the per-case tables -> the quality table of the generator it used
 QUALITY = {
     "gmm": "acdc_filter/quality_gmm.csv",
@@ -27,6 +27,7 @@ QUALITY = {
     "spade_inpaint_ms_share0.2": "acdc_learned/quality_spade_inpaint_ms.csv",
     "spade_inpaint_ms_share0.2_filter0.25": "acdc_learned/quality_spade_inpaint_ms.csv",
     "diffusion_inpaint_w96_share0.2_filter0.25": "acdc_diffusion/quality_diffusion.csv",
+    "diffusion_3k_inpaint_w96_share0.2_filter0.25": "acdc_diffusion_3k/quality_diffusion_3k.csv",
 }
 MEASURES = {"consistency_gap": "gap (points)", "fd_ratio": "FD / real FD", "diversity_heart_ratio": "heart diversity"}
 
