@@ -278,16 +278,20 @@ def headline(comparison: pd.DataFrame) -> list[str]:
                         f"points vs {row.reference} over {row.n_patients} test patients) is not evidence of a gain or "
                         f"a loss; train longer (segmentation.steps) and re-run")
             # the comparison the product's question turns on is still stated, as a measurement, never as a finding
-            sentences.append(sentence + (f". Beyond augmentation: {_beyond(beyond)}" if beyond is not None else "")
+            sentences.append(sentence + (f". Beyond augmentation: {_beyond(beyond, row)}" if beyond is not None else "")
                              + ".")
             continue
         sentence = f"{start} changes mean Dice by {_effect(row)} vs {row.reference}"
-        sentences.append(sentence + (f"; beyond augmentation: {_beyond(beyond)}" if beyond is not None else "") + ".")
+        sentences.append(sentence + (f"; beyond augmentation: {_beyond(beyond, row)}" if beyond is not None else "")
+                         + ".")
     return sentences
 
 
-def _beyond(row) -> str:
-    """The clause for a synthetic arm against the best augmentation-only arm, judged on its own segmenters."""
+def _beyond(row, versus_real) -> str:
+    """The clause for a synthetic arm against the best augmentation-only arm, judged on its own segmenters; when
+    that arm is the `real` reference itself, the comparison was just stated and is named, not repeated."""
+    if row.reference == versus_real.reference:
+        return f"the same comparison ({row.reference} is the best augmentation-only arm, chosen on validation Dice)"
     if _caveat(row):
         return (f"NO CONCLUSION, {_caveat(row)}; measured {100 * row.diff_mean:+.1f} points vs {row.reference} "
                 f"(chosen on validation Dice)")

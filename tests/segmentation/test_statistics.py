@@ -88,6 +88,26 @@ def test_an_unreadable_comparison_with_real_still_states_the_one_beyond_augmenta
     assert f"; measured {100 * beyond['diff_mean']:+.1f} points vs real [strong] (chosen on validation Dice)" in sentence
 
 
+def test_when_the_best_augmentation_only_arm_is_the_real_reference_the_comparison_is_not_repeated():
+    """real [strong] is both the synthetic [strong] arm's real reference and the best augmentation-only arm."""
+    frame = _per_case(0.05).assign(augmentation="standard", converged=True, best_val_dice=0.7)
+    strong = frame.assign(augmentation="strong", best_val_dice=0.9)
+    strong.loc[strong["arm"] == "real", "dice_mean"] += 0.02
+    comparison = compare_to_real(pd.concat([frame, strong], ignore_index=True))
+    ours = comparison[(comparison["generator"] == "spade") & (comparison["augmentation"] == "strong")]
+    assert set(ours["reference"]) == {"real [strong]"} and len(ours) == 2  # the same pair under both kinds
+    sentence = [s for s in headline(comparison) if "spade" in s and "with strong augmentation" in s][0]
+    assert sentence.count(" points [95 % CI") == 1
+    assert sentence.endswith("; beyond augmentation: the same comparison (real [strong] is the best "
+                             "augmentation-only arm, chosen on validation Dice).")
+    # unreadable: one NO CONCLUSION, the arm named, no second measured figure
+    unconverged = strong.assign(converged=False)
+    sentence = [s for s in headline(compare_to_real(pd.concat([frame, unconverged], ignore_index=True)))
+                if "spade" in s and "with strong augmentation" in s][0]
+    assert sentence.count("NO CONCLUSION") == 1 and sentence.count("measured") == 1
+    assert "Beyond augmentation: the same comparison (real [strong] is" in sentence
+
+
 # ------------------------------------------------------------------ issue 14: draws of training patients
 def _drawn(effects: dict[int, float], seeds=(0, 1), n_patients: int = 5) -> pd.DataFrame:
     """One _per_case table per draw (its own effect), stacked with a `draw` column."""
