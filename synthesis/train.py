@@ -313,6 +313,11 @@ class LearnedGenerator(Generator):
             out[i, y:y + side, x:x + side] = window
         return out
 
+    def style_code(self, seed: int) -> torch.Tensor:
+        """The (1, z_dim) style code `render` uses for `seed`: N(0, I) from a generator seeded with it, so that a
+        seed always gives the same images (`benchmarks/encoded_styles.py` swaps in encoded codes here)."""
+        return torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+
     @torch.no_grad()
     def render(self, conditions: np.ndarray, *, seed: int, use_ema: bool = True, chunk: int = 32,
                context: np.ndarray | None = None) -> np.ndarray:
@@ -324,7 +329,7 @@ class LearnedGenerator(Generator):
         net.eval()
         z = None
         if self.z_dim:
-            z = torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+            z = self.style_code(seed).to(self.device)
         if self.inpaints:
             context = require_context(context, conditions, f"{self.name}: background 'real' keeps the real slice "
                                                             f"outside the heart")

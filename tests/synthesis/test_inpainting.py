@@ -62,6 +62,19 @@ def test_style_seeds_change_the_painted_heart(fitted, pairs, name):
     assert np.abs(a[heart] - b[heart]).mean() > 1e-4
 
 
+@pytest.mark.parametrize("name", ["spade", "cvae"])
+def test_the_seed_reaches_the_images_only_through_the_style_code(fitted, pairs, name, monkeypatch):
+    """`style_code` is the one place a seed becomes a style (what benchmarks/encoded_styles.py swaps): with it
+    fixed, two seeds give the same images; it is N(0, I), the same for the same seed."""
+    masks, images = pairs
+    gen = fitted[name]
+    code = gen.style_code(1)
+    assert code.shape == (1, gen.z_dim) and torch.equal(gen.style_code(1), code)
+    monkeypatch.setattr(gen, "style_code", lambda seed: code.clone())
+    np.testing.assert_array_equal(gen.sample(masks[:4], seed=1, context=images[:4]),
+                                  gen.sample(masks[:4], seed=2, context=images[:4]))
+
+
 @pytest.mark.parametrize("name", INPAINTERS)
 def test_the_painting_reads_the_known_image(fitted, pairs, name):
     """The known image is an input: another real slice around the same heart changes the painted region."""
