@@ -4,11 +4,12 @@ through the encoder"). Quality only: no segmenter is trained.
 
     python -m benchmarks.encoded_styles configs/acdc_lowdata.yaml --profile final --run-dir R --draws 1 2 3
 
-For each draw of a finished run directory: the draw's trained `spade` generator, its `real` [strong] judge and
-the quality stage's validation masks (`build_reference`). Every training slice of the draw with a heart is
-encoded (the encoder's mean); a style seed then picks one of those codes instead of drawing N(0, I). Printed:
-the codes' spread, and the heart diversity ratio (`synthesis.quality.diversity`, the quality table's
-`diversity_heart_ratio`) under both kinds of code. One thread, ~2 min per draw on ACDC.
+For each draw of a finished run directory: the draw's trained `spade` generator and the quality stage's
+diversity masks (`diversity_slices`: the fullest heart slice of up to `quality.diversity_masks` validation
+patients; diversity needs no segmenter). Every training slice of the draw with a heart is encoded (the
+encoder's mean); a style seed then picks one of those codes instead of drawing N(0, I). Printed: the codes'
+spread, and the heart diversity ratio (`synthesis.quality.diversity`, the quality table's
+`diversity_heart_ratio`) under both kinds of code. One thread, a few seconds per draw on ACDC.
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ import numpy as np
 import torch
 
 from pipeline.config import load_config
-from pipeline.run import Run, Segmenter
-from pipeline.units import GeneratorArtifact, SegmenterArtifact, artifact, subset_dir
-from segmentation.model import load_model
+from pipeline.run import Run
+from pipeline.units import GeneratorArtifact, artifact, subset_dir
 from synthesis.base import load_generator
-from synthesis.quality import build_reference, diversity
+from synthesis.quality import diversity, diversity_slices
 
 
 def encoded_codes(generator, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,8 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path)
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--run-dir", type=Path, required=True, help="a run directory whose spade generators and real "
-                                                                "[strong] segmenters are trained")
+    ap.add_argument("--run-dir", type=Path, required=True, help="a run directory whose spade generators are trained")
     ap.add_argument("--draws", type=int, nargs="+", default=[0])
     ap.add_argument("--fraction", type=float, default=None, help="default: the config's first fraction")
     args = ap.parse_args()
@@ -48,15 +47,15 @@ def main() -> None:
     run = Run(cfg=cfg, run_dir=args.run_dir)  # sealed: the test patients are not read
     fraction = args.fraction if args.fraction is not None else cfg.experiment.fractions[0]
     val = run.patient_cases(run.split["val"])
+    picked = diversity_slices([c.mask for c in val], cfg.quality.diversity_masks)
+    masks = np.stack([val[case].mask[z] for case, z in picked])
+    context = np.stack([val[case].image[z] for case, z in picked]).astype(np.float32)
     for draw in args.draws:
         unit = f"{subset_dir(fraction, draw)}/spade"
         generator = load_generator(artifact(run, "train_generator", unit, GeneratorArtifact).path)
         if generator.net.encoder is None:
             raise SystemExit(f"{unit} has no style encoder (synthesis.spade.is_vae: false)")
-        judge_name = Segmenter(fraction, "real", "", cfg.experiment.seeds[0], "strong", draw).name
-        judge, _ = load_model(artifact(run, "train_segmenters", judge_name, SegmenterArtifact).best_checkpoint)
         train = run.patient_cases(run.fraction_patients(fraction, draw))
-        reference = build_reference(judge, val, train, cfg.quality)
         codes, sd = encoded_codes(generator, np.concatenate([c.image for c in train]).astype(np.float32),
                                   np.concatenate([c.mask for c in train]))
         print(f"draw {draw}: {len(codes)} encoded training slices; |mean| {np.abs(codes).mean():.3f}, spread over "
@@ -66,8 +65,7 @@ def main() -> None:
                             ("encoded", lambda seed: torch.from_numpy(
                                 codes[np.random.default_rng(seed).integers(len(codes))])[None])):
             generator.style_code = code
-            d = diversity(generator, reference.diversity_masks, cfg.quality.n_styles, cfg.quality.seed,
-                          context=reference.diversity_images)
+            d = diversity(generator, masks, cfg.quality.n_styles, cfg.quality.seed, context=context)
             print(f"  style codes {label:8s} heart diversity ratio {d['diversity_heart_ratio']:.3f}, "
                   f"whole slice {d['diversity_ratio']:.3f}")
         generator.style_code = prior

@@ -485,7 +485,7 @@ def build_reference(model: torch.nn.Module, heldout_cases: Sequence[CaseLike], t
         train_features=train_features, index=index,
         real_consistency=segmentation_consistency(model, heldout_images, heldout_masks, cfg.batch_size),
         noise_floor=_noise_floor(train_features, index.groups, len(set_indices), cfg, rng),
-        diversity_slices=_diversity_slices(heldout_masks, cfg.diversity_masks))
+        diversity_slices=diversity_slices(heldout_masks, cfg.diversity_masks))
 
 
 def _noise_floor(features: np.ndarray, groups: np.ndarray, set_size: int, cfg: QualityConfig,
@@ -501,7 +501,7 @@ def _noise_floor(features: np.ndarray, groups: np.ndarray, set_size: int, cfg: Q
             "kid_noise_floor_sd": kid_sd}
 
 
-def _diversity_slices(masks_by_case: Sequence[np.ndarray], n: int) -> list[tuple[int, int]]:
+def diversity_slices(masks_by_case: Sequence[np.ndarray], n: int) -> list[tuple[int, int]]:
     """(case, slice) of the slice with the most heart of each case, for up to `n` cases spread over the list."""
     cases = np.unique(np.linspace(0, len(masks_by_case) - 1, min(n, len(masks_by_case))).round().astype(int))
     return [(int(c), int(np.argmax((masks_by_case[c] > 0).sum(axis=(1, 2))))) for c in cases]
