@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,6 +70,10 @@ def main() -> None:
     for measure, label in MEASURES.items():
         print(f"Pearson r, {label} vs gain over warp: per arm x draw {table[measure].corr(table['vs_warp']):+.2f}, "
               f"over arm means {summary[measure].corr(summary['vs_warp']):+.2f}")
+    # the least-squares line through the arms' means: where a more varied painter would land
+    slope, at_zero = np.polyfit(summary["diversity_heart_ratio"], summary["vs_warp"], 1)
+    print(f"Line over arm means: {slope:+.1f} points per unit of heart diversity; at diversity 1.0 "
+          f"{at_zero + slope:+.1f} vs warp [strong]; +2 points would need {(2 - at_zero) / slope:.1f}")
     if args.out:
         table.to_csv(args.out, index=False)
 
